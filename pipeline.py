@@ -1,0 +1,1025 @@
+"""Fast input pipeline: an in-memory image cache, batched decode + augmentation, and the benchmark.
+
+ShuffleNet V2 is so light that on a GPU the per-image JPEG decode and augmentation in DataLoader
+workers, not the network, sets the pace.  This module removes that bottleneck:
+
+- :class:`ImageCache` reads the training images once and keeps them in one flat buffer, either as
+  the files' JPEG bytes (~1 GB for the course's 65,000 images) or as decoded RGB pixels (~7 GB);
+  it saves to one file and reloads when the images have not changed.  Decoding cached bytes uses
+  :func:`dataset.load_rgb`, so the pixels are exactly those of the uncached dataset.
+- :class:`CachedImageDataset` is a drop-in for the course datasets (same items, same
+  ``TransformSubset`` + preset objects), so caching changes nothing the model sees.
+- :func:`make_loader` picks the loader: on CUDA, batches are assembled in the main process, decoded
+  on the GPU (nvJPEG) and augmented there by :func:`batch_transform`, a batched re-implementation of
+  ``TrainPreset`` / ``EvalPreset`` that draws its parameters from the preset's own
+  ``sample_params`` (no worker processes, hence no Windows start-up cost); elsewhere a DataLoader
+  with worker settings from :func:`auto_loader_settings`.
+- :func:`bench_main` is ``python -m loops bench``: images/s of the input pipeline, of the training
+  step alone (``loops.train_one_epoch``: channels_last and mixed precision on CUDA, optional
+  ``torch.compile``), end to end and for inference.
+
+    python -m loops bench [--model NAME] [--batch-size B] [--image-size S] [--device cpu|cuda] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import math
+import os
+import pickle
+import queue
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from dataset import (COCOTestImageDataset, COCOTrainImageDataset, EvalPreset, TrainPreset, TransformSubset,
+                     course_dirs, load_rgb)
+
+try:
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # torchvision 0.29 deprecated its decoders for TorchCodec's; without them, load_rgb decodes
+    ImageReadMode = decode_jpeg = None
+# The deprecation is known (see above) and would otherwise be repeated for every batch.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+                        category=DeprecationWarning)
+CACHE_MODES = ("auto", "none", "jpeg", "decoded")
+LOADER_MODES = ("auto", "workers", "gpu")
+_CACHE_VERSION = 1
+_DECODED_RAM_SHARE = 0.5  # "auto" keeps decoded pixels only if they take at most half the available RAM
+
+
+def _log(message: str) -> None:
+    # stderr, so that `bench --json` leaves exactly one JSON object on stdout
+    print(message, file=sys.stderr, flush=True)
+
+
+def available_memory_bytes() -> int:
+    """RAM available to this process now (psutil where installed, else sysconf; 0 if unknown)."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return int(psutil.virtual_memory().available)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The cache
+# --------------------------------------------------------------------------------------------
+def _fingerprint(paths) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """File names, sizes and modification times: what tells a saved cache that it is stale."""
+    stats = [os.stat(p) for p in paths]
+    return ([Path(p).name for p in paths], np.array([s.st_size for s in stats], dtype=np.int64),
+            np.array([s.st_mtime_ns for s in stats], dtype=np.int64))
+
+
+def _header(path) -> tuple[int, int, bool]:
+    """(height, width, gpu_decodable) from the file header, without decoding the pixels.
+
+    nvJPEG gets plain 3-channel JPEGs only; grayscale and CMYK JPEGs and PNGs are decoded on the
+    CPU by :func:`dataset.load_rgb`, whose conversions (transparency on white, ...) they need.
+    """
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width, img.format == "JPEG" and img.mode == "RGB"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise OSError(f"{path}: cannot read image header ({type(err).__name__}: {err})") from err
+
+
+class ImageCache:
+    """All images of a dataset in one flat ``uint8`` buffer, in the dataset's order.
+
+    ``mode="jpeg"`` keeps the files' bytes, ``mode="decoded"`` the RGB pixels (H x W x 3 each, at
+    ``offsets[i]``).  One buffer and a few arrays instead of 65,000 Python objects: cheap to hand
+    to DataLoader workers (a torch tensor goes through shared memory under spawn) and to save.
+    """
+
+    def __init__(self, mode: str, buffer: torch.Tensor, offsets: np.ndarray, shapes: np.ndarray,
+                 gpu_decodable: np.ndarray, names: list[str], file_sizes: np.ndarray, mtimes: np.ndarray):
+        if mode not in ("jpeg", "decoded"):
+            raise ValueError(f"ImageCache mode must be 'jpeg' or 'decoded', got {mode!r}")
+        self.mode, self.buffer, self.offsets, self.shapes = mode, buffer, offsets, shapes
+        self.gpu_decodable, self.names, self.file_sizes, self.mtimes = gpu_decodable, names, file_sizes, mtimes
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.buffer.numel())
+
+    def __repr__(self) -> str:
+        return f"ImageCache(mode={self.mode!r}, images={len(self)}, size={self.nbytes / 2**20:.0f} MiB)"
+
+    # ---- building, saving, loading ----
+    @classmethod
+    def build(cls, paths, mode: str = "auto", *, device="cpu", threads: int | None = None,
+              verbose: bool = True) -> "ImageCache":
+        """Read every image once.  ``mode="auto"``: JPEG bytes when the GPU decodes (CUDA), else
+        decoded pixels if they fit in half the available RAM, else JPEG bytes."""
+        if mode not in ("auto", "jpeg", "decoded"):
+            raise ValueError(f"cache mode must be 'auto', 'jpeg' or 'decoded', got {mode!r}")
+        paths = [Path(p) for p in paths]
+        if not paths:
+            raise ValueError("ImageCache.build: no image paths given")
+        start = time.perf_counter()
+        threads = threads or min(8, os.cpu_count() or 1)  # file reads and PIL decodes release the GIL
+        names, file_sizes, mtimes = _fingerprint(paths)
+        with ThreadPoolExecutor(threads) as pool:
+            headers = list(pool.map(_header, paths, chunksize=64))
+        shapes = np.array([h[:2] for h in headers], dtype=np.int64)
+        gpu_decodable = np.array([h[2] for h in headers], dtype=bool)
+        decoded_bytes = int((shapes[:, 0] * shapes[:, 1] * 3).sum())
+        if mode == "auto":
+            fits = decoded_bytes <= _DECODED_RAM_SHARE * available_memory_bytes()
+            mode = "decoded" if fits and torch.device(device).type != "cuda" else "jpeg"
+        item_sizes = shapes[:, 0] * shapes[:, 1] * 3 if mode == "decoded" else file_sizes
+        offsets = np.zeros(len(paths) + 1, dtype=np.int64)
+        np.cumsum(item_sizes, out=offsets[1:])
+        buffer = torch.empty(int(offsets[-1]), dtype=torch.uint8)
+        flat = buffer.numpy()
+        if verbose:
+            _log(f"ImageCache: reading {len(paths):,} images as {mode} ({offsets[-1] / 2**20:,.0f} MiB)...")
+
+        def fill(i: int) -> None:
+            view = flat[offsets[i]:offsets[i + 1]]
+            if mode == "jpeg":
+                with open(paths[i], "rb") as file:
+                    if file.readinto(memoryview(view)) != len(view):
+                        raise OSError(f"{paths[i]}: changed size while being cached")
+            else:
+                pixels = np.asarray(load_rgb(paths[i]))
+                if pixels.shape[:2] != tuple(shapes[i]):
+                    raise OSError(f"{paths[i]}: decoded to {pixels.shape[:2]}, header said {tuple(shapes[i])}")
+                view[:] = pixels.reshape(-1)
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fill, range(len(paths)), chunksize=64))
+        if verbose:
+            _log(f"ImageCache: done in {time.perf_counter() - start:.1f} s")
+        return cls(mode, buffer, offsets, shapes, gpu_decodable, names, file_sizes, mtimes)
+
+    def save(self, path) -> None:
+        """One file, written to a temporary name in the same folder and then renamed."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"version": _CACHE_VERSION, "mode": self.mode, "buffer": self.buffer,
+                  "offsets": torch.from_numpy(self.offsets), "shapes": torch.from_numpy(self.shapes),
+                  "gpu_decodable": torch.from_numpy(self.gpu_decodable), "names": list(self.names),
+                  "file_sizes": torch.from_numpy(self.file_sizes), "mtimes": torch.from_numpy(self.mtimes)}
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(record, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, paths) -> "ImageCache":
+        """Reload a saved cache; ``ValueError`` saying what differs if it does not match ``paths``
+        (file names, sizes, modification times): a stale cache is never used silently."""
+        path = Path(path)
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            raise ValueError(f"{path}: not a readable cache file ({type(err).__name__}: {err})") from err
+        if record.get("version") != _CACHE_VERSION:
+            raise ValueError(f"{path}: cache format version {record.get('version')}, expected {_CACHE_VERSION}")
+        names, file_sizes, mtimes = _fingerprint(paths)
+        if record["names"] != names:
+            missing = sorted(set(names) - set(record["names"]))
+            extra = sorted(set(record["names"]) - set(names))
+            raise ValueError(f"{path}: stale cache, the image list differs ({len(missing)} new, {len(extra)} gone"
+                             f"{', e.g. ' + (missing + extra)[0] if missing or extra else ', order differs'})")
+        changed = np.flatnonzero((record["file_sizes"].numpy() != file_sizes) | (record["mtimes"].numpy() != mtimes))
+        if len(changed):
+            raise ValueError(f"{path}: stale cache, {len(changed)} image(s) changed since it was written, "
+                             f"e.g. {names[changed[0]]}")
+        return cls(record["mode"], record["buffer"], record["offsets"].numpy(), record["shapes"].numpy(),
+                   record["gpu_decodable"].numpy(), names, file_sizes, mtimes)
+
+    # ---- reading one image ----
+    def encoded(self, i: int) -> torch.Tensor:
+        """The file's bytes as a 1-D uint8 tensor (a view, no copy); jpeg mode only."""
+        if self.mode != "jpeg":
+            raise ValueError("encoded() needs a cache in 'jpeg' mode")
+        return self.buffer[self.offsets[i]:self.offsets[i + 1]]
+
+    def pixels(self, i: int) -> torch.Tensor:
+        """The image as a uint8 H x W x 3 tensor on the CPU (a view in decoded mode)."""
+        if self.mode == "decoded":
+            height, width = self.shapes[i]
+            return self.buffer[self.offsets[i]:self.offsets[i + 1]].view(int(height), int(width), 3)
+        return torch.from_numpy(np.array(self.pil(i)))
+
+    def pil(self, i: int) -> Image.Image:
+        """The RGB PIL image, pixel for pixel what ``dataset.load_rgb(path)`` returns."""
+        if self.mode == "decoded":
+            return Image.fromarray(self.pixels(i).numpy(), "RGB")
+        try:
+            # the very decoder and conversions of the uncached dataset, on the bytes in memory
+            return load_rgb(io.BytesIO(self.encoded(i).numpy().tobytes()))
+        except OSError as err:
+            raise OSError(f"{self.names[i]} (cached): {err}") from err
+
+
+class CachedImageDataset(Dataset):
+    """A course dataset whose images come from an :class:`ImageCache` instead of the disk.
+
+    Same ``stems``, ``targets``, ``image_paths``, ``load_image`` and items as the wrapped
+    ``COCOTrainImageDataset`` / ``COCOTestImageDataset``, so ``TransformSubset`` and the presets
+    work on it unchanged and the model sees the same images, labels and augmentations.
+    """
+
+    def __init__(self, dataset, cache: ImageCache, transform=None):
+        if [Path(p).name for p in dataset.image_paths] != list(cache.names):
+            raise ValueError(f"cache of {len(cache)} images does not match the dataset in {dataset.img_dir}")
+        self.dataset, self.cache = dataset, cache
+        self.transform = transform if transform is not None else dataset.transform
+        self.img_dir, self.stems, self.image_paths = dataset.img_dir, dataset.stems, dataset.image_paths
+        self.targets = getattr(dataset, "targets", None)  # None for the unlabelled test set
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def image_path(self, idx: int) -> Path:
+        return self.image_paths[idx]
+
+    def load_image(self, idx: int) -> Image.Image:
+        return self.cache.pil(idx)
+
+    def __getitem__(self, idx):
+        image = self.load_image(idx)
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.targets is None:
+            return image, self.stems[idx]
+        return image, torch.from_numpy(self.targets[idx].copy())
+
+
+def cache_dataset(dataset, mode: str = "auto", path=None, *, device="cpu", verbose: bool = True):
+    """The dataset with its images cached in memory (``mode="none"``: the dataset itself).
+
+    With ``path``, a saved cache is reused when it still matches the image files (and the mode
+    asked for); a stale or mismatching one is rebuilt, with a message, and saved again.
+    """
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache mode must be one of {CACHE_MODES}, got {mode!r}")
+    if mode == "none" or isinstance(dataset, CachedImageDataset):
+        return dataset
+    cache = None
+    if path is not None and Path(path).exists():
+        try:
+            cache = ImageCache.load(path, dataset.image_paths)
+        except ValueError as err:
+            if verbose:
+                _log(f"{err}; rebuilding it")
+        if cache is not None and mode != "auto" and cache.mode != mode:
+            if verbose:
+                _log(f"{path} holds a {cache.mode} cache, {mode} was asked for; rebuilding it")
+            cache = None
+    if cache is None:
+        cache = ImageCache.build(dataset.image_paths, mode, device=device, verbose=verbose)
+        if path is not None:
+            cache.save(path)
+    elif verbose:
+        _log(f"ImageCache: reloaded {cache} from {path}")
+    return CachedImageDataset(dataset, cache)
+
+
+# --------------------------------------------------------------------------------------------
+# Batched presets: the whole batch in a few tensor operations, on any device
+# --------------------------------------------------------------------------------------------
+def _long_side_hw(height: int, width: int, size: int) -> tuple[int, int]:
+    # the output size of dataset._resize_long_side, rounding included
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _plan(preset, height: int, width: int, params: dict | None):
+    """Per axis (rows, then columns): (src0, src_len, full_len, sel0, out_len, pad0, flip).
+
+    Source pixels [src0, src0 + src_len) are resized to full_len; positions [sel0, sel0 + out_len)
+    of the result are kept, mirrored if ``flip``, and placed at pad0 on the square canvas.
+    """
+    size = preset.image_size
+    if type(preset) is TrainPreset:
+        crop_h, crop_w = params["height"], params["width"]
+        out_h, out_w = _long_side_hw(crop_h, crop_w, size)
+        offset = params["offset"]
+        return ((params["top"], crop_h, out_h, 0, out_h, round((size - out_h) * offset[0]), False),
+                (params["left"], crop_w, out_w, 0, out_w, round((size - out_w) * offset[1]), bool(params["flip"])))
+    if preset.mode == "pad":
+        out_h, out_w = _long_side_hw(height, width, size)
+        return ((0, height, out_h, 0, out_h, round((size - out_h) * 0.5), False),
+                (0, width, out_w, 0, out_w, round((size - out_w) * 0.5), False))
+    if preset.mode == "stretch":
+        return (0, height, size, 0, size, 0, False), (0, width, size, 0, size, 0, False)
+    # "crop": torchvision's resize of the short side to `size`, then its centre crop
+    short, long = min(height, width), max(height, width)
+    new_long = int(size * long / short)
+    full_h, full_w = (new_long, size) if height > width else (size, new_long)
+    return ((0, height, full_h, int(round((full_h - size) / 2.0)), size, 0, False),
+            (0, width, full_w, int(round((full_w - size) / 2.0)), size, 0, False))
+
+
+def _taps(plan: np.ndarray, size: int, device):
+    """Source indices and weights (B, size, K) of torch's antialiased bilinear resize along one axis.
+
+    The weights are ATen's (``_compute_indices_min_size_weights_aa`` for a float32 tensor: triangle
+    filter, widened by the scale when shrinking, renormalised at the borders), its float32 and
+    float64 roundings included, so a crop + resize + flip + pad is one gather per axis.  Computed
+    on ``device`` (a few hundred thousand numbers per batch).  Canvas positions outside the placed
+    image get weight 0 (``valid`` False).
+    """
+    f32, f64 = torch.float32, torch.float64
+    # the number of taps, known on the host so that nothing waits for the device
+    host_scale = plan[:, 1].astype(np.float32) / plan[:, 2].astype(np.float32)
+    n_taps = int(np.ceil(np.maximum(host_scale, 1.0)).max()) * 2 + 1
+    plan = _upload(torch.from_numpy(plan), device)
+    src0, src_len, full_len, sel0, out_len, pad0, flip = (plan[:, k, None] for k in range(7))
+    local = torch.arange(size, device=device)[None, :] - pad0
+    valid = (local >= 0) & (local < out_len)
+    local = torch.minimum(local.clamp(min=0), out_len - 1)
+    local = torch.where(flip.bool(), out_len - 1 - local, local)
+    q = sel0 + local  # position in the resized axis
+    scale = src_len.to(f32) / full_len.to(f32)
+    support = torch.where(scale >= 1.0, scale, 1.0)  # bilinear: half of 2 taps, times the scale when shrinking
+    invscale = torch.where(scale >= 1.0, (1.0 / scale.to(f64)).to(f32), 1.0)
+    max_taps = torch.ceil(support).long() * 2 + 1
+    center = (scale.to(f64) * (q.to(f64) + 0.5)).to(f32)
+    xmin = torch.trunc((center - support).to(f64) + 0.5).clamp(min=0).long()
+    xsize = torch.minimum(torch.trunc((center + support).to(f64) + 0.5).long(), src_len) - xmin
+    xsize = torch.minimum(xsize.clamp(min=0), max_taps)
+    taps = xmin[..., None] + torch.arange(n_taps, device=device)
+    distance = ((taps.to(f32) - center[..., None]).to(f64) + 0.5) * invscale[..., None].to(f64)
+    distance = distance.to(f32).abs()
+    weights = torch.where(distance < 1.0, (1.0 - distance.to(f64)).to(f32), 0.0)
+    weights = torch.where(taps < (xmin + xsize)[..., None], weights, 0.0)
+    total = weights[..., 0].clone()
+    for k in range(1, n_taps):  # in order, in float32, like ATen
+        total += weights[..., k]
+    weights = torch.where(total[..., None] != 0, weights / torch.where(total == 0, 1.0, total)[..., None], weights)
+    weights = torch.where(valid[..., None], weights, 0.0)
+    index = src0[..., None] + torch.minimum(taps, src_len[..., None] - 1)
+    return index, weights, valid
+
+
+def _weighted_sum(values: torch.Tensor, weights: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of values x weights over the taps in ``dim``, in ATen's order: ``t0 * w0``, then one
+    fused multiply-add per tap (``addcmul`` is fused on CPU and CUDA), so the roundings match."""
+    total = values.select(dim, 0) * weights.select(dim, 0)
+    for k in range(1, values.shape[dim]):
+        total = torch.addcmul(total, values.select(dim, k), weights.select(dim, k))
+    return total
+
+
+def _upload(tensor: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait: a plain ``.to("cuda")`` from
+    pageable memory synchronises with the stream, i.e. with the training step still queued on it."""
+    if torch.device(device).type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _grayscale(images: torch.Tensor) -> torch.Tensor:
+    # torchvision's rgb_to_grayscale on uint8 values, truncation included
+    return (0.2989 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]).trunc_()
+
+
+def _blend(images: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor, one_minus_ratio: torch.Tensor):
+    # torchvision's _blend for uint8 images: float blend, clamp, truncate back to integers.  It
+    # computes 1 - ratio in double precision before rounding to float32, so the caller does too.
+    return (ratio * images + one_minus_ratio * other).clamp_(0.0, 255.0).trunc_()
+
+
+def pack_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, np.ndarray]:
+    """Uint8 C x H x W images of varying sizes -> one (B, 3, H_max, W_max) batch and their (h, w)."""
+    sizes = np.array([image.shape[-2:] for image in images], dtype=np.int64)
+    batch = images[0].new_zeros((len(images), 3, int(sizes[:, 0].max()), int(sizes[:, 1].max())))
+    for k, image in enumerate(images):
+        batch[k, :, :image.shape[-2], :image.shape[-1]] = image
+    return batch, sizes
+
+
+def batch_transform(batch: torch.Tensor, sizes, preset, params: list[dict] | None = None, *,
+                    channels_last: bool = False) -> torch.Tensor:
+    """``preset`` (``TrainPreset`` or ``EvalPreset``) applied to a whole padded uint8 batch at once.
+
+    ``batch[k, :, :h_k, :w_k]`` holds image k; ``params[k]`` are its ``TrainPreset.sample_params``.
+    Each step reproduces the per-image preset's arithmetic (ATen's resize weights and roundings,
+    torchvision's truncating colour blends, the same normalisation and padding): on the CPU the
+    result equals ``preset.apply`` image by image, bit for bit (the tests check it).  Nothing in
+    here waits for the device, so batches can be prepared while the GPU trains.
+    """
+    if type(preset) not in (TrainPreset, EvalPreset):
+        raise TypeError(f"batch_transform supports TrainPreset and EvalPreset, got {preset!r}")
+    train = type(preset) is TrainPreset
+    n_images, size, device = batch.shape[0], preset.image_size, batch.device
+    if train and (params is None or len(params) != n_images):
+        raise ValueError("TrainPreset needs one sample_params dict per image")
+    plans = np.array([_plan(preset, int(h), int(w), params[k] if train else None)
+                      for k, (h, w) in enumerate(np.asarray(sizes))], dtype=np.int64)  # (B, 2 axes, 7)
+
+    row_index, row_weights, row_valid = _taps(plans[:, 0], size, device)
+    col_index, col_weights, col_valid = _taps(plans[:, 1], size, device)
+    images = batch.float()
+    channels, height = images.shape[1], images.shape[2]
+    # columns first, then rows, like ATen's separable antialiased resize
+    taps = col_index.shape[-1]
+    index = col_index.view(n_images, 1, 1, size * taps).expand(n_images, channels, height, size * taps)
+    images = images.gather(3, index).view(n_images, channels, height, size, taps)
+    images = _weighted_sum(images, col_weights.view(n_images, 1, 1, size, taps), dim=4)
+    taps = row_index.shape[-1]
+    index = row_index.view(n_images, 1, size * taps, 1).expand(n_images, channels, size * taps, size)
+    images = images.gather(2, index).view(n_images, channels, size, taps, size)
+    images = _weighted_sum(images, row_weights.view(n_images, 1, size, taps, 1), dim=3)
+    images = images.round_().clamp_(0.0, 255.0)
+    inside = (row_valid[:, None, :, None] & col_valid[:, None, None, :])  # (B, 1, S, S)
+
+    if train and preset.color_jitter > 0:
+        ratios = np.array([[p["brightness"], p["contrast"], p["saturation"]] for p in params], dtype=np.float64)
+        factors = _upload(torch.from_numpy(np.concatenate([ratios, 1.0 - ratios], axis=1).astype(np.float32)), device)
+        brightness, contrast, saturation, _, contrast_rest, saturation_rest = (
+            factors[:, k].view(-1, 1, 1, 1) for k in range(6))
+        images = (brightness * images).clamp_(0.0, 255.0).trunc_()
+        pixel_counts = inside.sum(dim=(-2, -1), keepdim=True).float()
+        means = (_grayscale(images) * inside).sum(dim=(-2, -1), keepdim=True) / pixel_counts
+        images = _blend(images, means, contrast, contrast_rest)
+        images = _blend(images, _grayscale(images), saturation, saturation_rest)
+
+    mean = _upload(torch.tensor(preset.mean, dtype=torch.float32), device).view(1, -1, 1, 1)
+    std = _upload(torch.tensor(preset.std, dtype=torch.float32), device).view(1, -1, 1, 1)
+    images = images.div_(255.0).sub_(mean).div_(std)
+    images = torch.where(inside, images, torch.zeros((), device=device))  # pad with the mean colour
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # Windows, macOS
+        return os.cpu_count() or 1
+
+
+def auto_loader_settings(device, n_cpus: int | None = None) -> dict:
+    """DataLoader settings for the per-image (worker) path.
+
+    On CUDA the main process only feeds the GPU, so all cores but one decode (8 at most: beyond
+    that these small models wait on the GPU).  On the CPU the training step itself uses every core
+    and loading takes ~2.5 ms of a ~150 ms per-image step, so a worker only takes cores from the
+    step: measured on 2 cores, end to end was 0.98 of the step alone with one worker and 1.00
+    without (equal within noise), and a worker costs memory and start-up time.  So none up to 4
+    cores, then a quarter of them.  Persistent workers start once per run, not once per epoch
+    (spawn start-up is slow on Windows).
+    """
+    device = torch.device(device)
+    n_cpus = n_cpus or cpu_count()
+    if device.type == "cuda":
+        workers = min(8, max(1, n_cpus - 1))
+    else:
+        workers = 0 if n_cpus <= 4 else min(4, n_cpus // 4)
+    return {"num_workers": workers, "pin_memory": device.type == "cuda",
+            "persistent_workers": workers > 0, "prefetch_factor": 4 if workers > 0 else None}
+
+
+def _unwrap(dataset):
+    """(dataset holding the images, row indices into it, preset) of a dataset or TransformSubset."""
+    if isinstance(dataset, TransformSubset):
+        return dataset.dataset, dataset.indices, dataset.transform
+    return dataset, np.arange(len(dataset)), getattr(dataset, "transform", None)
+
+
+def gpu_path_supported(dataset) -> bool:
+    """Whether :class:`BatchLoader` can serve ``dataset``: cached images and a stock preset."""
+    base, _, preset = _unwrap(dataset)
+    return isinstance(base, CachedImageDataset) and type(preset) in (TrainPreset, EvalPreset)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffling and augmentation draws in :class:`BatchLoader`."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class BatchLoader:
+    """Batches assembled in the main process: cached images -> decode -> batched preset, on ``device``.
+
+    On CUDA, JPEGs are decoded by nvJPEG (``torchvision.io.decode_jpeg(list, device="cuda")``) and
+    the preset runs on the GPU; a background thread prepares the next batches while the GPU trains.
+    On the CPU the same code yields exactly what the per-image DataLoader path yields (the tests
+    check it).  On CUDA, nvJPEG's pixels differ from libjpeg-turbo's by a grey level here and
+    there; the augmentation arithmetic and its distribution are the same.  Augmentation parameters
+    come from the preset's ``sample_params`` with a ``random.Random`` seeded per epoch
+    (:func:`epoch_seed`), so runs repeat.
+    Yields ``(images, targets)`` (float32 targets on ``device``) or ``(images, stems)`` for test data.
+    """
+
+    def __init__(self, dataset, *, batch_size: int, device, shuffle: bool, drop_last: bool, seed: int = 0,
+                 channels_last: bool = False, prefetch: int | None = None):
+        if not gpu_path_supported(dataset):
+            raise ValueError("the gpu loader needs a cached dataset (pipeline.cache_dataset) and a TrainPreset "
+                             f"or EvalPreset transform; got {type(_unwrap(dataset)[0]).__name__} with "
+                             f"{_unwrap(dataset)[2]!r}")
+        self.base, self.indices, self.preset = _unwrap(dataset)
+        self.cache: ImageCache = self.base.cache
+        self.device = torch.device(device)
+        self.batch_size, self.shuffle, self.drop_last, self.seed = int(batch_size), shuffle, drop_last, seed
+        self.channels_last = channels_last
+        self.prefetch = (2 if self.device.type == "cuda" else 0) if prefetch is None else prefetch
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _decode(self, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        cache, device = self.cache, self.device
+        if cache.mode == "decoded":
+            sizes = cache.shapes[rows]
+            staging = torch.empty((len(rows), int(sizes[:, 0].max()), int(sizes[:, 1].max()), 3), dtype=torch.uint8,
+                                  pin_memory=device.type == "cuda")
+            for k, row in enumerate(rows):
+                staging[k, :sizes[k, 0], :sizes[k, 1]] = cache.pixels(row)
+            return staging.to(device, non_blocking=True).permute(0, 3, 1, 2), sizes
+        # Plain JPEGs in one decode_jpeg call (nvJPEG on CUDA, torchvision's libjpeg-turbo on the
+        # CPU); the others through load_rgb, whose conversions they need.
+        plain = [row for row in rows if cache.gpu_decodable[row]] if decode_jpeg is not None else []
+        decoded = {}
+        if plain:
+            try:
+                decoded = dict(zip(plain, decode_jpeg([cache.encoded(row) for row in plain], mode=ImageReadMode.RGB,
+                                                      device=device)))
+            except RuntimeError as err:  # a JPEG variant the device decoder rejects: the CPU decoder names bad files
+                _log(f"decode_jpeg on {device} failed ({err}); decoding this batch with load_rgb")
+        images = [decoded[row] if row in decoded else _upload(cache.pixels(row).permute(2, 0, 1), device)
+                  for row in rows]
+        return pack_images(images)
+
+    def _batches(self, epoch: int):
+        seed = epoch_seed(self.seed, epoch)
+        rng = random.Random(seed)
+        n = len(self.indices)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy() if self.shuffle \
+            else np.arange(n)
+        stop = len(self) * self.batch_size if self.drop_last else n
+        train = type(self.preset) is TrainPreset
+        for start in range(0, stop, self.batch_size):
+            rows = self.indices[order[start:start + self.batch_size]]
+            # drawn image by image in loading order, as TrainPreset.__call__ draws them
+            params = [self.preset.sample_params(int(h), int(w), rng) for h, w in self.cache.shapes[rows]] \
+                if train else None
+            batch, sizes = self._decode(rows)
+            images = batch_transform(batch, sizes, self.preset, params, channels_last=self.channels_last)
+            if self.base.targets is None:
+                yield images, [self.base.stems[row] for row in rows]
+            else:
+                yield images, _upload(torch.from_numpy(self.base.targets[rows]), self.device)
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        if self.prefetch <= 0:
+            yield from self._batches(epoch)
+            return
+        # A thread keeps `prefetch` batches ready: kernels it launches go to the same CUDA stream
+        # as the training step, in order, so handing tensors over needs no extra synchronisation.
+        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for item in self._batches(epoch):
+                    while not stop.is_set():
+                        try:
+                            ready.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                ready.put(done)
+            except BaseException as err:  # handed to the consumer, which re-raises it
+                ready.put(err)
+
+        worker = threading.Thread(target=produce, name="BatchLoader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    ready.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            worker.join()
+
+
+class DeviceLoader:
+    """A DataLoader whose batches are moved to ``device`` (non-blocking from pinned memory).
+
+    Without workers, batches are loaded in this process with one torch thread: a 224 px image's
+    operations are too small to split, and on a busy 2-core machine splitting them made loading
+    100x slower (OpenMP threads waiting on each other).  DataLoader workers do the same.
+    """
+
+    def __init__(self, loader: DataLoader, device, channels_last: bool = False):
+        self.loader, self.device, self.channels_last = loader, torch.device(device), channels_last
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _batches(self):
+        batches = iter(self.loader)
+        while True:
+            threads = torch.get_num_threads()
+            if self.loader.num_workers == 0:
+                torch.set_num_threads(1)
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                torch.set_num_threads(threads)
+            yield batch
+
+    def __iter__(self):
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        for images, labels in self._batches():
+            images = images.to(self.device, non_blocking=True, memory_format=memory_format)
+            if isinstance(labels, torch.Tensor):
+                labels = labels.to(self.device, non_blocking=True)
+            yield images, labels
+
+
+def make_loader(dataset, *, batch_size: int, device, train: bool, shuffle: bool | None = None,
+                drop_last: bool | None = None, seed: int = 0, mode: str = "auto", num_workers: int | None = None,
+                channels_last: bool = False):
+    """The loader for ``dataset`` (a course dataset, a :class:`CachedImageDataset` or a
+    ``TransformSubset`` of one): an iterable of ``(images_on_device, targets_on_device | stems)``
+    with ``len()`` = batches per epoch.
+
+    ``mode="gpu"``: :class:`BatchLoader` (needs a cached dataset and a stock preset; runs on any
+    device).  ``mode="workers"``: a DataLoader with :func:`auto_loader_settings` (``num_workers``
+    overrides).  ``mode="auto"``: gpu on CUDA when the dataset allows it, else workers.
+    ``train`` sets the defaults ``shuffle=True, drop_last=True`` (a last batch of one image would
+    break BatchNorm); evaluation keeps every image in order.
+    """
+    if mode not in LOADER_MODES:
+        raise ValueError(f"loader mode must be one of {LOADER_MODES}, got {mode!r}")
+    device = torch.device(device)
+    shuffle = train if shuffle is None else shuffle
+    drop_last = train if drop_last is None else drop_last
+    if mode == "auto":
+        mode = "gpu" if device.type == "cuda" and gpu_path_supported(dataset) else "workers"
+    if mode == "gpu":
+        return BatchLoader(dataset, batch_size=batch_size, device=device, shuffle=shuffle, drop_last=drop_last,
+                           seed=seed, channels_last=channels_last)
+    settings = auto_loader_settings(device)
+    if num_workers is not None:
+        settings.update(num_workers=num_workers, persistent_workers=num_workers > 0,
+                        prefetch_factor=4 if num_workers > 0 else None)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                        generator=torch.Generator().manual_seed(seed), **settings)
+    return DeviceLoader(loader, device, channels_last)
+
+
+def loader_description(loader) -> str:
+    if isinstance(loader, BatchLoader):
+        return f"gpu path (main process, {loader.cache.mode} cache, decode on {loader.device.type})"
+    return f"workers path ({loader.loader.num_workers} worker(s), pin_memory={loader.loader.pin_memory})"
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------
+def make_bench_data(root, n_train: int, n_test: int, *, distinct: int = 1000, seed: int = 0) -> Path:
+    """A course-layout folder of ``n_train`` + ``n_test`` synthetic photos, long side 224 px.
+
+    Up to ``distinct`` images are drawn by :mod:`synthetic`; the rest are links (or copies) of
+    them under new stems, so that a 65,000-image epoch is ready in seconds.  Every file is still
+    read, decoded and augmented on its own.
+    """
+    import synthetic
+
+    root = Path(root)
+    data = root / f"bench-{n_train}-{n_test}"
+    marker = data / "BENCH.json"
+    settings = {"n_train": n_train, "n_test": n_test, "distinct": distinct, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text()) == settings:
+        return data
+    if data.exists():
+        shutil.rmtree(data)
+    # synthetic's label sampler needs enough images to give every class a few
+    n_distinct_train, n_distinct_test = max(min(n_train, distinct), 200), max(min(n_test, distinct), 100)
+    source = synthetic.make_demo_dataset(root / f"distinct-{n_distinct_train}-{n_distinct_test}-{seed}",
+                                         n_train=n_distinct_train, n_test=n_distinct_test, seed=seed, long_side=224)
+    src, dst = course_dirs(source), course_dirs(data)
+    for path in dst.values():
+        path.mkdir(parents=True)
+
+    def link(a: Path, b: Path) -> None:
+        try:
+            os.link(a, b)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(a, b)
+
+    for kind, count in (("train", n_train), ("test", n_test)):
+        images = sorted(src[f"{kind}_images"].glob("*.jpg"))
+        for i in range(count):
+            stem = f"{i + (1 if kind == 'train' else 500_001):012d}"
+            original = images[i % len(images)]
+            link(original, dst[f"{kind}_images"] / f"{stem}.jpg")
+            if kind == "train":
+                link(src["train_labels"] / f"{original.stem}.cls", dst["train_labels"] / f"{stem}.cls")
+    marker.write_text(json.dumps(settings))
+    return data
+
+
+def peak_memory_mb(device) -> float:
+    """Peak GPU memory allocated by tensors (CUDA), else the process's peak resident memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows
+        import psutil
+        return psutil.Process().memory_info().peak_wset / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # macOS: bytes, Linux: KiB
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Timed:
+    """Passes ``batches`` through and times them: the clock starts (device drained) after ``warmup``
+    batches, and the iteration ends early once ``min_batches`` were timed and ``max_seconds``
+    passed (0: no limit).  ``ips()`` (device drained again) is images per second."""
+
+    def __init__(self, batches, device, *, warmup: int, min_batches: int, max_seconds: float):
+        self.batches, self.device = batches, torch.device(device)
+        self.warmup, self.min_batches, self.max_seconds = warmup, min_batches, max_seconds
+        self.images = self.timed = 0
+
+    def __iter__(self):
+        batches = iter(self.batches)
+        try:
+            for k, batch in enumerate(batches):
+                if k == self.warmup:
+                    _sync(self.device)
+                    self.start = time.perf_counter()
+                elif k > self.warmup and self.max_seconds and self.timed >= self.min_batches \
+                        and time.perf_counter() - self.start > self.max_seconds:
+                    return
+                yield batch
+                if k >= self.warmup:
+                    self.images += len(batch[0])
+                    self.timed += 1
+        finally:
+            if hasattr(batches, "close"):  # a BatchLoader epoch left early stops its thread
+                batches.close()
+
+    def ips(self) -> float:
+        _sync(self.device)
+        if self.timed == 0:
+            raise ValueError("benchmark: no batch left after the warm-up; use more images or a smaller batch size")
+        return self.images / (time.perf_counter() - self.start)
+
+
+def _endless(loader):
+    """Batches of ``loader``, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def _train_alternating(train_epoch, fixed_batch, train_loader, device, *, warmup: int, block: int,
+                       max_seconds: float) -> dict:
+    """Images/s of the training step alone (``fixed_batch`` over and over) and end to end (batches of
+    ``train_loader``), timed in alternating blocks of ``block`` batches.
+
+    Alternating makes a change in background load (other programs on a shared machine) hit both
+    figures alike, so their ratio stays meaningful.  After a warm-up block of each, rounds go on
+    until ``max_seconds`` per figure have passed (0: one round), at least two rounds when a block
+    is shorter than an epoch.
+    """
+    stream = _endless(train_loader)
+    totals = {"step": [0.0, 0], "end_to_end": [0.0, 0]}
+
+    def run(kind: str, n_batches: int, timed: bool) -> float:
+        batches = [fixed_batch] * n_batches if kind == "step" else itertools.islice(stream, n_batches)
+        _sync(device)
+        start = time.perf_counter()
+        images = train_epoch(batches)["images"]
+        _sync(device)
+        seconds = time.perf_counter() - start
+        if timed:
+            totals[kind][0] += seconds
+            totals[kind][1] += images
+        return images / seconds
+
+    run("step", warmup, timed=False)
+    run("end_to_end", warmup, timed=False)
+    round_ratios = []
+    min_rounds = 1 if block >= len(train_loader) else 2
+    while len(round_ratios) < min_rounds or (max_seconds and totals["step"][0] < max_seconds):
+        step_ips = run("step", block, timed=True)
+        round_ratios.append(run("end_to_end", block, timed=True) / step_ips)
+    return {"step_ips": totals["step"][1] / totals["step"][0],
+            "end_to_end_ips": totals["end_to_end"][1] / totals["end_to_end"][0],
+            "rounds": len(round_ratios), "round_ratio_median": float(np.median(round_ratios)),
+            "timed_images": totals["end_to_end"][1]}
+
+
+def _parse_bench_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m loops bench",
+        description="Images/s of the input pipeline, the training step, end-to-end training and inference.")
+    parser.add_argument("--model", default="shufflenet_v2_x1_0", help="models.build_model name (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, help="default: 256 on CUDA, 64 on CPU")
+    parser.add_argument("--image-size", type=int, default=224, help="default: %(default)s")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--data-root", help="a folder in the course layout; default: generated photos")
+    parser.add_argument("--images", type=int, help="generated training images (default: 65000 on CUDA, 512 on CPU)")
+    parser.add_argument("--test-images", type=int, help="generated test images (default: 4952 on CUDA, 128 on CPU)")
+    parser.add_argument("--work-dir", help="where generated images are kept for the next run (default: a temp folder)")
+    parser.add_argument("--cache", choices=CACHE_MODES, default="auto", help="image cache (default: %(default)s)")
+    parser.add_argument("--mode", choices=LOADER_MODES, default="auto", help="loader path (default: %(default)s)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers of the workers path (default: automatic)")
+    parser.add_argument("--no-amp", action="store_true", help="no mixed precision (default: on for CUDA)")
+    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                        help="memory format (default: auto = on for CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--max-seconds", type=float,
+                        help="timed seconds per figure; 0 = one block (default: 0 on CUDA, 30 on CPU)")
+    parser.add_argument("--block", type=int,
+                        help="batches per block when the training step alone and end to end are timed in turns "
+                             "(default: an epoch on CUDA, 1 on CPU)")
+    parser.add_argument("--warmup", type=int, help="untimed batches per phase (default: 5 on CUDA, 1 on CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
+    cuda = args.device == "cuda"
+    if args.block is None and not cuda:
+        args.block = 1  # on CPU a batch takes seconds: alternate often
+    defaults = {"batch_size": (256, 64), "images": (65000, 512), "test_images": (4952, 128),
+                "max_seconds": (0.0, 30.0), "warmup": (5, 1)}
+    for name, (on_cuda, on_cpu) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, on_cuda if cuda else on_cpu)
+    return args
+
+
+def run_bench(args) -> dict:
+    """The measurements of :func:`bench_main` as a dict.  The training step and inference are
+    ``loops.train_one_epoch`` and ``loops.predict``, the very code that trains and predicts."""
+    import loops  # lazy: loops imports this module for its `bench` command
+    import models
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    loops.seed_everything(args.seed)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+        torch.cuda.reset_peak_memory_stats(device)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        if args.data_root:
+            root, source = Path(args.data_root), f"course folder {args.data_root}"
+        else:
+            start = time.perf_counter()
+            root = make_bench_data(args.work_dir or tmp, args.images, args.test_images, seed=args.seed)
+            source = f"{args.images} + {args.test_images} generated JPEGs, long side 224 px"
+            _log(f"bench: data ready in {time.perf_counter() - start:.1f} s ({root})")
+        dirs = course_dirs(root)
+        start = time.perf_counter()
+        train_data = cache_dataset(COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"]), args.cache,
+                                   device=device)
+        test_data = cache_dataset(COCOTestImageDataset(dirs["test_images"]), args.cache, device=device)
+        cache_seconds = time.perf_counter() - start
+        cache = train_data.cache if isinstance(train_data, CachedImageDataset) else None
+
+        model = models.build_model(args.model, pretrained=False)  # random weights: the same speed, no download
+        channels_last = cuda if args.channels_last == "auto" else args.channels_last == "on"
+        model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        spec = model.spec
+        amp_dtype, scaler = loops.amp_settings(device, not args.no_amp)
+        criterion = models.build_loss("bce").to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        network = torch.compile(model) if args.compile else model
+
+        train_preset = TrainPreset(image_size=args.image_size, mean=spec.mean, std=spec.std)
+        test_data.transform = EvalPreset(image_size=args.image_size, mean=spec.mean, std=spec.std)
+        options = dict(device=device, mode=args.mode, num_workers=args.workers, channels_last=channels_last,
+                       seed=args.seed)
+        train_loader = make_loader(TransformSubset(train_data, np.arange(len(train_data)), train_preset),
+                                   batch_size=args.batch_size, train=True, **options)
+        test_loader = make_loader(test_data, batch_size=args.batch_size, train=False, **options)
+        if len(train_loader) <= args.warmup:
+            raise ValueError(f"benchmark: {len(train_data)} training images make {len(train_loader)} batches of "
+                             f"{args.batch_size}, not more than the {args.warmup} warm-up batches")
+        limits = {"warmup": args.warmup, "min_batches": 2, "max_seconds": args.max_seconds}
+        train = dict(criterion=criterion, optimizer=optimizer, device=device, scaler=scaler, amp_dtype=amp_dtype,
+                     channels_last=channels_last, progress=False)
+
+        _log(f"bench: input pipeline alone ({loader_description(train_loader)})...")
+        pipeline_alone = _Timed(train_loader, device, **limits)
+        for _ in pipeline_alone:
+            pass
+        pipeline_ips = pipeline_alone.ips()
+
+        _log("bench: training step alone (one batch already on the device) and end to end, in turns...")
+        training = _train_alternating(lambda batches: loops.train_one_epoch(network, batches, **train),
+                                      next(iter(train_loader)), train_loader, device, warmup=args.warmup,
+                                      block=args.block or len(train_loader), max_seconds=args.max_seconds)
+        step_ips, e2e_ips = training["step_ips"], training["end_to_end_ips"]
+
+        _log("bench: inference (test images, evaluation preset)...")
+        inference = _Timed(test_loader, device, **{**limits, "warmup": min(args.warmup, len(test_loader) - 1)})
+        loops.predict(network, inference, device, amp_dtype=amp_dtype, channels_last=channels_last, progress=False)
+        inference_ips = inference.ips()
+
+    return {
+        "pipeline_ips": round(pipeline_ips, 1), "step_ips": round(step_ips, 1), "end_to_end_ips": round(e2e_ips, 1),
+        "inference_ips": round(inference_ips, 1), "end_to_end_over_step": round(e2e_ips / step_ips, 3),
+        "peak_mem_mb": round(peak_memory_mb(device), 1),
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({cpu_count()} cores)",
+        "pipeline_over_step": round(pipeline_ips / step_ips, 2),
+        "epoch_65000_s": round(65000 / e2e_ips, 1), "test_4952_s": round(4952 / inference_ips, 1),
+        "model": args.model, "pretrained": False, "batch_size": args.batch_size, "image_size": args.image_size,
+        "train_images": len(train_data), "test_images": len(test_data), "data": source,
+        "rounds": training["rounds"], "end_to_end_over_step_round_median": round(training["round_ratio_median"], 3),
+        "end_to_end_timed_images": training["timed_images"],
+        "loader": loader_description(train_loader), "cache": cache.mode if cache else "none",
+        "cache_mb": round(cache.nbytes / 2**20, 1) if cache else 0.0, "cache_build_s": round(cache_seconds, 1),
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "channels_last": channels_last,
+        "compile": args.compile, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+
+
+def bench_main(argv=None) -> int:
+    """``python -m loops bench``: print the figures (a table, or one JSON object with ``--json``);
+    returns the exit status."""
+    args = _parse_bench_args(argv)
+    result = run_bench(args)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    rows = [("input pipeline alone", f"{result['pipeline_ips']:.1f} images/s"),
+            ("training step alone", f"{result['step_ips']:.1f} images/s"),
+            ("end to end training", f"{result['end_to_end_ips']:.1f} images/s"),
+            ("inference", f"{result['inference_ips']:.1f} images/s"),
+            ("end to end / step alone", f"{result['end_to_end_over_step']:.3f} (median of {result['rounds']} "
+                                        f"rounds: {result['end_to_end_over_step_round_median']:.3f})"),
+            ("pipeline / step alone", f"{result['pipeline_over_step']:.2f}"),
+            ("epoch of 65,000 images", f"{result['epoch_65000_s']:.1f} s"),
+            ("test set of 4,952 images", f"{result['test_4952_s']:.1f} s"),
+            ("peak memory", f"{result['peak_mem_mb']:.0f} MiB"
+                            f" ({'GPU tensors' if args.device == 'cuda' else 'process RSS'})")]
+    print(f"{result['model']} (random weights), batch {result['batch_size']}, {result['image_size']} px, "
+          f"{result['device']}, amp={result['amp']}, channels_last={result['channels_last']}, "
+          f"compile={result['compile']}")
+    print(f"data: {result['data']}; cache: {result['cache']} ({result['cache_mb']:.0f} MiB, "
+          f"{result['cache_build_s']:.1f} s); loader: {result['loader']}")
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] != "bench":
+        sys.exit("usage: python -m pipeline bench [options]   (the same as python -m loops bench)")
+    sys.exit(bench_main(sys.argv[2:]))
