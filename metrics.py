@@ -194,7 +194,8 @@ def per_class_counts(preds, targets) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return tp, fp, pos
 
 
-def _class_weights(pos: np.ndarray) -> np.ndarray:
+def class_weights(pos: np.ndarray) -> np.ndarray:
+    """The leaderboard's class weights: proportional to 1 / positives, summing to 1 (0 for a class without positives)."""
     pos = np.asarray(pos, dtype=np.float64)
     inverse = np.divide(1.0, pos, out=np.zeros_like(pos), where=pos > 0)  # no positives -> weight 0
     total = inverse.sum()
@@ -222,7 +223,7 @@ def _f1(precision, recall):
 def leaderboard_from_counts(tp, fp, pos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leaderboard (precision, recall, F1) from per-class counts; ``tp``/``fp`` may carry leading axes
     (e.g. shape (T, C) for T thresholds) and are reduced over the last one. ``pos`` has shape (C,)."""
-    weights = _class_weights(pos)
+    weights = class_weights(pos)
     class_precision, class_recall = _class_precision_recall(tp, fp, pos)
     precision = class_precision @ weights
     recall = class_recall @ weights
@@ -446,7 +447,7 @@ def tune_class_thresholds(probs, targets, init=None, candidates=None, *,
         init, _, _ = sweep_global_threshold(probs, targets, grid)
     thresholds = np.broadcast_to(np.asarray(init, dtype=np.float64), (n_classes,)).copy()
 
-    weights = _class_weights(pos)
+    weights = class_weights(pos)
     tp_grid, fp_grid = _counts_at_thresholds(probs, targets, grid)
     weighted_precision, weighted_recall = _class_precision_recall(tp_grid.T, fp_grid.T, pos[:, None])
     weighted_precision *= weights[:, None]  # (C, T): class c's term in the global precision at each threshold
