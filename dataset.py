@@ -123,7 +123,29 @@ def _list_images(folder: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------------------------
 # Datasets (the course's names, arguments and return values)
 # --------------------------------------------------------------------------------------------
-class COCOTrainImageDataset(Dataset):
+class _ImageListDataset(Dataset):
+    """What both course datasets share: ``stems`` and ``image_paths`` in the same order, a ``transform``."""
+
+    stems: list[str]
+    image_paths: list[Path]
+    transform = None
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def image_path(self, idx: int) -> Path:
+        return self.image_paths[idx]
+
+    def load_image(self, idx: int) -> Image.Image:
+        """The untransformed RGB image."""
+        return load_rgb(self.image_paths[idx])
+
+    def transformed_image(self, idx: int):
+        image = self.load_image(idx)
+        return image if self.transform is None else self.transform(image)
+
+
+class COCOTrainImageDataset(_ImageListDataset):
     """Labelled training images: ``dataset[i] -> (image, 80-dim float multi-hot tensor)``.
 
     Same constructor and items as the course's class, plus keyword-only safety switches:
@@ -181,23 +203,11 @@ class COCOTrainImageDataset(Dataset):
         for row, stem in enumerate(stems):
             self.targets[row, read_label_file(label_files[stem])] = 1.0
 
-    def __len__(self) -> int:
-        return len(self.stems)
-
-    def image_path(self, idx: int) -> Path:
-        return self.image_paths[idx]
-
-    def load_image(self, idx: int) -> Image.Image:
-        return load_rgb(self.image_paths[idx])
-
     def __getitem__(self, idx):
-        image = self.load_image(idx)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, torch.from_numpy(self.targets[idx].copy())
+        return self.transformed_image(idx), torch.from_numpy(self.targets[idx].copy())
 
 
-class COCOTestImageDataset(Dataset):
+class COCOTestImageDataset(_ImageListDataset):
     """Unlabelled test images: ``dataset[i] -> (image, stem)``, stems sorted like the course."""
 
     def __init__(self, img_dir, transform=None):
@@ -209,20 +219,8 @@ class COCOTestImageDataset(Dataset):
         self.stems: list[str] = sorted(images)
         self.image_paths: list[Path] = [images[s] for s in self.stems]
 
-    def __len__(self) -> int:
-        return len(self.stems)
-
-    def image_path(self, idx: int) -> Path:
-        return self.image_paths[idx]
-
-    def load_image(self, idx: int) -> Image.Image:
-        return load_rgb(self.image_paths[idx])
-
     def __getitem__(self, idx):
-        image = self.load_image(idx)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.stems[idx]
+        return self.transformed_image(idx), self.stems[idx]
 
 
 def _decodes(path: Path) -> bool:

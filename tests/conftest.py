@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -18,3 +19,13 @@ def demo_root(tmp_path_factory):
 
     return synthetic.make_demo_dataset(tmp_path_factory.mktemp("demo") / "ms-coco", n_train=240, n_test=60,
                                        seed=0, long_side=96)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: its tensors are tiny, and on a shared 2-core machine two processes
+    with two OpenMP threads each oversubscribe the cores and stall (measured ~7x slower). Restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -35,13 +35,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::metrics.MissingClassWarning")  
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # One intra-op thread: these tensors are tiny, and on a shared 2-core machine two processes with two
-    # OpenMP threads each oversubscribe the cores and run ~7x slower (measured). Restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Every test here on one intra-op thread (conftest's one_thread): the resume test compares bit for bit."""
 
 
 def _env(**extra):

@@ -35,12 +35,8 @@ RESOLUTION_STAGED = {"mobilenet_v3", "efficientnet", "efficientnet_v2", "convnex
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Inputs here are tiny: intra-op threads only add overhead (and stall badly on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    """Inputs here are tiny: intra-op threads only add overhead (conftest's one_thread)."""
 
 
 def _calibrate_batchnorm(net, x):
