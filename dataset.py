@@ -390,13 +390,18 @@ def _as_uint8_tensor(image) -> torch.Tensor:
     return TF.pil_to_tensor(image)
 
 
+def long_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) after resizing so that the long side is ``size``, aspect ratio kept (rounding included)."""
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def _resize_long_side(image: torch.Tensor, size: int) -> torch.Tensor:
     height, width = image.shape[-2:]
-    scale = size / max(height, width)
-    new_hw = [max(1, round(height * scale)), max(1, round(width * scale))]
-    if new_hw == [height, width]:
+    new_hw = long_side_size(height, width, size)
+    if new_hw == (height, width):
         return image
-    return TF.resize(image, new_hw, antialias=True)
+    return TF.resize(image, list(new_hw), antialias=True)
 
 
 def _normalise_and_pad(image: torch.Tensor, size: int, mean, std, offset: tuple[float, float]) -> torch.Tensor:

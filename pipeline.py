@@ -46,7 +46,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from dataset import (COCOTestImageDataset, COCOTrainImageDataset, EvalPreset, TrainPreset, TransformSubset,
-                     course_dirs, load_rgb)
+                     course_dirs, load_rgb, long_side_size)
 
 try:
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -304,12 +304,6 @@ def cache_dataset(dataset, mode: str = "auto", path=None, *, device="cpu", verbo
 # --------------------------------------------------------------------------------------------
 # Batched presets: the whole batch in a few tensor operations, on any device
 # --------------------------------------------------------------------------------------------
-def _long_side_hw(height: int, width: int, size: int) -> tuple[int, int]:
-    # the output size of dataset._resize_long_side, rounding included
-    scale = size / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def _plan(preset, height: int, width: int, params: dict | None):
     """Per axis (rows, then columns): (src0, src_len, full_len, sel0, out_len, pad0, flip).
 
@@ -319,12 +313,12 @@ def _plan(preset, height: int, width: int, params: dict | None):
     size = preset.image_size
     if type(preset) is TrainPreset:
         crop_h, crop_w = params["height"], params["width"]
-        out_h, out_w = _long_side_hw(crop_h, crop_w, size)
+        out_h, out_w = long_side_size(crop_h, crop_w, size)
         offset = params["offset"]
         return ((params["top"], crop_h, out_h, 0, out_h, round((size - out_h) * offset[0]), False),
                 (params["left"], crop_w, out_w, 0, out_w, round((size - out_w) * offset[1]), bool(params["flip"])))
     if preset.mode == "pad":
-        out_h, out_w = _long_side_hw(height, width, size)
+        out_h, out_w = long_side_size(height, width, size)
         return ((0, height, out_h, 0, out_h, round((size - out_h) * 0.5), False),
                 (0, width, out_w, 0, out_w, round((size - out_w) * 0.5), False))
     if preset.mode == "stretch":
