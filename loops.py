@@ -1007,6 +1007,8 @@ def _fit_run(config, run_dir, device, full, train_idx, val_idx, net, checkpoint,
     net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     amp_dtype, scaler = amp_settings(device, config.amp)
     k = config.cache_stages
+    # The gpu input path serves images (not cached features) and needs them in an ImageCache.
+    gpu_path = k == 0 and (config.loader == "gpu" or (config.loader == "auto" and device.type == "cuda"))
 
     # Data: images through transform presets, or (cache mode) stage-k features computed once.
     if k > 0:
@@ -1027,19 +1029,20 @@ def _fit_run(config, run_dir, device, full, train_idx, val_idx, net, checkpoint,
         val_sets = [FeatureBank(val_feats, full.targets[val_idx], view=v) for v in range(val_feats.shape[0])]
         train_module, loader_workers, channels_last = _Tail(net, k), 0, False  # in memory: no workers needed
     else:
-        gpu_path = config.loader == "gpu" or (config.loader == "auto" and device.type == "cuda")
-        cache_mode = config.image_cache if config.image_cache != "auto" else ("jpeg" if gpu_path else "none")
+        cache_mode = config.image_cache
+        if cache_mode == "auto" or (cache_mode == "none" and gpu_path):
+            cache_mode = "jpeg" if gpu_path else "none"
         source = full
-        if cache_mode != "none" or gpu_path:
-            cache_file = Path(config.out_dir) / "image-cache" / f"{Path(str(full.img_dir)).resolve().parent.parent.name}-{cache_mode}.pt"
+        if cache_mode != "none":
+            # One file per data folder and mode, reused by later runs (a stale one is rebuilt by pipeline).
+            cache_file = Path(config.out_dir) / "image-cache" / f"{full.img_dir.resolve().parents[1].name}-{cache_mode}.pt"
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            source = pipeline.cache_dataset(full, "jpeg" if cache_mode == "none" else cache_mode, path=cache_file,
-                                            device=device)
+            source = pipeline.cache_dataset(full, cache_mode, path=cache_file, device=device)
         train_set = dataset.TransformSubset(source, train_idx, train_tf)
         val_sets = [dataset.TransformSubset(source, val_idx, eval_tf)]
         train_module, loader_workers = net, config.num_workers
     sampler = EpochShuffleSampler(len(train_set), config.seed)
-    if k == 0 and gpu_path:
+    if gpu_path:
         train_loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
                                             drop_last=_drop_last(len(train_set), config.batch_size), seed=config.seed,
                                             mode="gpu", channels_last=channels_last)
@@ -1052,7 +1055,7 @@ def _fit_run(config, run_dir, device, full, train_idx, val_idx, net, checkpoint,
                                   **_loader_options(device, loader_workers, torch.Generator().manual_seed(config.seed)))
         val_loaders = [DataLoader(val_set, batch_size=config.batch_size * 2, shuffle=False,
                                   **_loader_options(device, loader_workers)) for val_set in val_sets]
-    print(f"input: {pipeline.loader_description(train_loader) if k == 0 and gpu_path else 'DataLoader'}"
+    print(f"input: {pipeline.loader_description(train_loader) if gpu_path else 'DataLoader'}"
           f"{'' if k == 0 else ' over the feature cache'}", flush=True)
     if config.compile:
         train_module = torch.compile(train_module)
