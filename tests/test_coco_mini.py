@@ -33,7 +33,12 @@ def test_cpu_preset_trains_and_predicts_on_real_photos(tmp_path):
     # 6-epoch version of this run reached F1 0.19995; 15 epochs reached F1 0.276, mAP 0.392 (measured).
     assert best["val/map"] > 0.2 and best["val/f1"] > 0.15, best
     out = tmp_path / "predictions.json"
-    run("loops", "predict", "--run", run_dir, "--data-root", str(COCO_MINI), "--out", str(out), "--no-progress")
+    # the preset cross-fits: every labelled image got an out-of-fold probability, and predict uses final.pt
+    cross_fit = json.loads((Path(run_dir) / "cross_fit.json").read_text())
+    assert cross_fit["images"] == 300 and cross_fit["oof_map"] > 0.15, cross_fit
+    predict = run("loops", "predict", "--run", run_dir, "--data-root", str(COCO_MINI), "--out", str(out),
+                  "--no-progress")
+    assert "final.pt" in predict.stdout
     predictions = json.loads(out.read_text())
     assert len(predictions) == 834
     assert metrics.validate_predictions(predictions, metrics.test_stems(COCO_MINI / "images" / "test-resized")) == []

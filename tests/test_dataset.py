@@ -149,6 +149,28 @@ def test_split_is_seeded_stratified_and_disjoint():
     assert (targets[plain_val][:, counts >= 2].sum(0) == 0).any()
 
 
+def test_kfold_assignments_are_seeded_balanced_and_stratified():
+    rng = np.random.default_rng(2)
+    targets = (rng.random((1000, 80)) < np.linspace(0.3, 0.002, 80)).astype(np.float32)
+    folds = dataset.kfold_assignments(targets, 5, seed=0)
+    assert folds.shape == (1000,) and set(folds) == set(range(5))
+    assert np.array_equal(folds, dataset.kfold_assignments(targets, 5, seed=0))
+    assert not np.array_equal(folds, dataset.kfold_assignments(targets, 5, seed=1))
+    sizes = np.bincount(folds)
+    assert sizes.max() - sizes.min() <= 0.1 * 1000 / 5, sizes  # within a few percent of each other
+    per_fold = np.stack([targets[folds == k].sum(0) for k in range(5)])  # (folds, classes)
+    counts = targets.sum(0)
+    # rare classes (the ones whose thresholds need every image) are spread as evenly as the folds allow
+    rare = counts < 50
+    assert (per_fold.max(0) - per_fold.min(0))[rare].max() <= 2, per_fold[:, rare]
+    assert (per_fold[:, counts >= 5] > 0).all(), "a class with >= 5 images is missing from a fold"
+    plain = np.random.default_rng(0).permutation(1000) % 5
+    plain_per_fold = np.stack([targets[plain == k].sum(0) for k in range(5)])
+    assert (plain_per_fold.max(0) - plain_per_fold.min(0))[rare].max() > 2  # what stratification prevents
+    with pytest.raises(ValueError, match="n_folds"):
+        dataset.kfold_assignments(targets, 1)
+
+
 def test_split_round_trip_and_missing_stems(tmp_path):
     stems = [f"s{i:03d}" for i in range(50)]
     targets = np.eye(80, dtype=np.float32)[np.arange(50) % 80]

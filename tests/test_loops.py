@@ -432,8 +432,9 @@ def test_freeze_then_unfreeze_and_parameter_groups(demo_root, tmp_path):
 
 
 def test_feature_cache_mode_trains_the_tail_and_predicts_with_the_full_model(demo_root, tmp_path):
+    # amp=False: the cache in float32 (+ float16 storage), so the tolerances below hold on any CPU.
     config = loops.Config(data_root=str(demo_root), out_dir=str(tmp_path), cache_stages=3, cache_views=3,
-                          **{**TINY, "epochs": 2})
+                          amp=False, **{**TINY, "epochs": 2})
     loops.seed_everything(config.seed)
     initial = loops.build_net(config).state_dict()
     result = loops.fit(config)
@@ -519,3 +520,65 @@ def test_gpu_input_path_trains_on_cpu_with_the_image_cache(demo_root, tmp_path, 
     stamp = cache_files[0].stat().st_mtime_ns
     loops.fit(config)
     assert cache_files[0].stat().st_mtime_ns == stamp, "a matching cache file must be reused, not rebuilt"
+
+
+def test_inference_settings_and_the_bf16_feature_cache(demo_root):
+    """Forward-only passes use channels_last on the CPU, and bfloat16 only where the CPU has it natively;
+    a cache made that way matches the float32 one closely enough to rank images alike."""
+    cpu = torch.device("cpu")
+    assert loops.inference_settings(cpu, enabled=False) == (None, True)
+    native = loops.cpu_has_native_bf16()
+    assert loops.inference_settings(cpu) == ((torch.bfloat16 if native else None), True)
+    # pretrained: a random-init network's activations all but vanish in eval mode, and 0 == 0 in any precision
+    net = loops.build_net(loops.Config(model="efficientnet_lite0")).eval()
+    source = dataset.COCOTrainImageDataset(*list(dataset.course_dirs(demo_root).values())[:2], max_images=16)
+    views = [dataset.EvalPreset(image_size=64, mean=net.spec.mean, std=net.spec.std)]
+    common = dict(k=5, source=source, indices=np.arange(16), transforms=views, device=cpu, batch_size=8,
+                  workers=0, seed=0, progress=False, desc="test")
+    exact = loops._cache_features(net, amp=False, **common).float()
+    fast = loops._cache_features(net, amp=True, **common).float()
+    assert exact.shape == fast.shape == (1, 16, 1280, 2, 2)
+    assert next(net.parameters()).is_contiguous(), "the network must be handed back in its memory format"
+    if native:
+        assert not torch.equal(exact, fast)  # bfloat16 really ran
+    cos = torch.nn.functional.cosine_similarity(exact.flatten(1), fast.flatten(1), dim=1)
+    assert cos.min() > 0.99
+
+
+def test_avgmax_pool_config_doubles_the_head_input():
+    config = loops.Config(model="efficientnet_lite0", pretrained=False, pool="avgmax")
+    net = loops.build_net(config).eval()
+    assert net.num_features == 2 * 1280 and net.head[-1].in_features == 2 * 1280
+    with pytest.raises(ValueError, match="choose one of"):
+        loops.Config(pool="max").validate()
+
+
+def test_cross_fit_tunes_on_out_of_fold_probabilities_and_predict_uses_final(demo_root, tmp_path):
+    config = loops.Config(data_root=str(demo_root), out_dir=str(tmp_path), model="efficientnet_lite0",
+                          pretrained=False, image_size=32, cache_stages=5, cache_views=1, tta_hflip=True,
+                          cross_fit_folds=3, **{k: v for k, v in TINY.items() if k not in ("model", "pretrained",
+                                                                                           "image_size")})
+    result = loops.fit(config)
+    run_dir = result["run_dir"]
+    record = json.loads((run_dir / "cross_fit.json").read_text())
+    oof = np.load(run_dir / "oof.npz")
+    full = dataset.COCOTrainImageDataset(*list(dataset.course_dirs(demo_root).values())[:2],
+                                         max_images=config.max_train_images)
+    # every labelled image has exactly one out-of-fold probability row, its own labels beside it
+    assert sorted(oof["stems"]) == sorted(full.stems) and oof["probs"].shape == (len(full), 80)
+    by_stem = dict(zip(full.stems, full.targets))
+    assert all(np.array_equal(by_stem[stem], row) for stem, row in zip(oof["stems"], oof["targets"]))
+    assert set(oof["folds"]) == {0, 1, 2}
+    assert record["oof_map"] == pytest.approx(metrics.mean_average_precision(oof["probs"], oof["targets"]))
+    # the final checkpoint holds the out-of-fold thresholds and differs from the split run's best
+    final_model, _, final_thresholds = loops.load_run(run_dir, "final")
+    best_model, _, _ = loops.load_run(run_dir, "best")
+    np.testing.assert_allclose(final_thresholds.class_thresholds, record["thresholds"]["class_thresholds"])
+    assert not torch.equal(final_model.head[-1].weight, best_model.head[-1].weight)
+    assert loops.resolve_checkpoint(run_dir) == "final"
+    summary = loops.predict_run(run_dir, tmp_path / "p.json", progress=False)
+    assert summary["checkpoint"] == "final.pt"
+    with pytest.raises(ValueError, match="cross_fit_folds"):
+        loops.fit(config.replace(cache_stages=3))
+    with pytest.raises(ValueError, match="cross_fit_folds"):
+        config.replace(cross_fit_folds=1).validate()

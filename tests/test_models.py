@@ -429,6 +429,24 @@ def test_channels_last_and_autocast(zoo, name):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
+def test_avgmax_pool_is_average_and_max_side_by_side():
+    feats = torch.randn(3, 5, 4, 6)
+    pooled = models.GlobalPool(mode="avgmax")(feats)
+    torch.testing.assert_close(pooled[:, :5], feats.mean(dim=(2, 3)))
+    assert torch.equal(pooled[:, 5:], feats.amax(dim=(2, 3)))
+    with pytest.raises(ValueError, match="pool mode"):
+        models.GlobalPool(mode="max")
+    with pytest.raises(ValueError, match="pretrained layers"):
+        models.GlobalPool(norm=nn.Identity(), mode="avgmax")
+
+
+def test_avgmax_models_widen_the_head_and_pretrained_pools_refuse_it():
+    net = build_model("resnet18", pretrained=False, pool_mode="avgmax")
+    assert net.num_features == 1024 and net(torch.randn(2, 3, 64, 64)).shape == (2, 80)
+    with pytest.raises(ValueError, match="mobilenet_v3_small"):
+        build_model("mobilenet_v3_small", pretrained=False, pool_mode="avgmax")
+
+
 # ---------------------------------------------------------------------------------------------- losses
 
 def _sigmoid(z):
