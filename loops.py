@@ -514,6 +514,38 @@ class _Tail(nn.Module):
         return self.net.forward_from(self.start, feats)
 
 
+class _CachedPath(nn.Module):
+    """A feature-cache run's network computing on images exactly what its run computed on the cache:
+    ``stages[:k]`` in the cache's precision (:func:`inference_settings`), rounded to float16 like the cache,
+    then the rest in the caller's precision. The run's thresholds were tuned on probabilities computed this way;
+    a plain float32 pass shifts them enough to move the tuned F1 of 479 validation images by ~0.03."""
+
+    def __init__(self, net: nn.Module, k: int, device: torch.device, cache_dtype, channels_last: bool):
+        super().__init__()
+        self.net, self.k, self.device = net, int(k), device
+        self.cache_dtype, self.channels_last = cache_dtype, channels_last
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(self.device, self.cache_dtype):
+            feats = self.net.features_until(self.k, images)
+        return self.net.forward_from(self.k, feats.to(torch.float16).float())
+
+
+def evaluation_module(model: nn.Module, config: Config, device: torch.device):
+    """``(module, amp_dtype, channels_last)`` to evaluate a trained ``model`` on images the way its run evaluated
+    its validation images (so that the stored thresholds fit the probabilities); moves ``model`` to ``device``."""
+    amp_dtype = amp_settings(device, config.amp)[0]
+    if config.cache_stages > 0:
+        cache_dtype, channels_last = inference_settings(device, config.amp)
+        model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        return _CachedPath(model, config.cache_stages, device, cache_dtype, channels_last), amp_dtype, False
+    channels_last = config.channels_last and device.type == "cuda"
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    return model, amp_dtype, channels_last
+
+
 def _core(module: nn.Module) -> nn.Module:
     return module.net if isinstance(module, _Tail) else module
 
@@ -1399,10 +1431,8 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", devic
     test_set = dataset.COCOTestImageDataset(dataset.course_dirs(root)["test_images"], transform=eval_tf)
     loader = DataLoader(test_set, batch_size=batch_size or config.batch_size * 2, shuffle=False,
                         **_loader_options(device, num_workers))
-    amp_dtype, channels_last = inference_settings(device, config.amp)
-    channels_last = channels_last and (config.channels_last or device.type != "cuda")
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    out = predict(model, loader, device, amp_dtype=amp_dtype, channels_last=channels_last,
+    module, amp_dtype, channels_last = evaluation_module(model, config, device)
+    out = predict(module, loader, device, amp_dtype=amp_dtype, channels_last=channels_last,
                   tta_hflip=config.tta_hflip, progress=progress)
     preds = thresholds.apply(out["probs"])
     path = metrics.write_predictions(out_path, metrics.predictions_to_dict(out["stems"], preds),

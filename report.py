@@ -500,11 +500,10 @@ def validation_outputs(run_dir, data_root=None, which: str = "best", device: str
     loader_options = pipeline.auto_loader_settings(device)
     loader = DataLoader(dataset.TransformSubset(source, val_idx, eval_tf), batch_size=config.batch_size * 2,
                         shuffle=False, **loader_options)
-    amp_dtype, _ = loops.amp_settings(device, config.amp)
-    model.to(device)
-    out = loops.evaluate(model, loader, device, amp_dtype=amp_dtype, tta_hflip=config.tta_hflip, progress=progress,
-                         desc="validation")
-    model.to("cpu")
+    module, amp_dtype, channels_last = loops.evaluation_module(model, config, device)  # as the run evaluated it
+    out = loops.evaluate(module, loader, device, amp_dtype=amp_dtype, channels_last=channels_last,
+                         tta_hflip=config.tta_hflip, progress=progress, desc="validation")
+    model.to("cpu", memory_format=torch.contiguous_format)
     return {"model": model, "config": config, "thresholds": thresholds, "source": source, "train_idx": train_idx,
             "val_idx": val_idx, "probs": out["probs"].numpy().astype(np.float64),
             "targets": out["targets"].numpy() > 0.5}
