@@ -282,7 +282,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPUs with native bfloat16 in bf16 + channels_last, ~4x faster), an MLP head on average + max pooled
     # features (max pooling keeps small objects: +0.008 F1), then cross-fitting: thresholds tuned on
     # out-of-fold probabilities of all 2,395 labelled images and a final head trained on all of them (+0.007
-    # to +0.015 F1 over thresholds from the 479-image validation split). The 224 px photos are upsampled to
+    # to +0.021 F1 and +0.01 mAP over the 479-image validation split at 224-320 px, a tie in F1 at 384 px, still
+    # +0.01 mAP; the split's thresholds showed no held-out gain at all). The 224 px photos are upsampled to
     # 384 px: the strongest lever measured (Lite2 at 320 px vs its native 260: +0.038 held-out F1, +0.024 mAP;
     # 384 vs 320: +0.009 F1, +0.015 mAP; Lite2 vs Lite0 at native sizes: +0.02 mAP). Fine-tuning the last stage from cached stage-4 features
     # reached no better mAP than the frozen head at ~4x the CPU time. Selection by mAP: on 479 images the
@@ -1335,7 +1336,8 @@ def _cross_fit(config, run_dir, device, net, initial_state, criterion, full, tra
     epochs, schedule, views), each predict the fold they did not see; thresholds are tuned on those
     out-of-fold probabilities of *all* images, and ``final.pt`` holds a head trained on all of them with
     those thresholds (it is what ``predict_run`` uses). Measured on coco-mini by nested cross-validation
-    (study/recipe_cv.py): held-out F1 +0.007 to +0.015 and mAP +0.01 over the split's head and thresholds.
+    (study/recipe_cv.py): held-out F1 +0.007 to +0.021 and mAP +0.01 over the split's head and thresholds at
+    224-320 px; at 384 px a tie in F1 (0.490 vs 0.492), +0.01 mAP.
     ``best.pt`` and the validation analysis stay those of the split run. Writes ``cross_fit.json``.
     """
     started = time.perf_counter()
