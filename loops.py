@@ -59,6 +59,7 @@ __all__ = [
     "train_loop", "validation_loop", "update_graphs",
     "build_net", "set_trainable", "make_scheduler", "steps_per_epoch",
     "save_checkpoint", "load_checkpoint", "load_run", "fit", "predict_run", "build_parser", "config_from_args", "main",
+    "tune_thresholds", "inference_settings", "cpu_has_native_bf16", "evaluation_module", "resolve_checkpoint",
 ]
 
 
@@ -317,6 +318,12 @@ def config_from_preset(name: str, **overrides) -> Config:
 # ----------------------------------------------------------------------------------------------------------
 # Hardware, precision, seeding
 # ----------------------------------------------------------------------------------------------------------
+def tune_thresholds(probs, targets, config: Config) -> metrics.ThresholdResult:
+    """``metrics.tune_thresholds`` with the tuning settings of ``config`` (the one place that maps them)."""
+    return metrics.tune_thresholds(probs, targets, min_positives=config.tune_min_positives, shrink=config.tune_shrink,
+                                   n_rounds=config.tune_rounds, try_at_least_one=config.try_at_least_one)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA if available, else Apple's MPS, else the CPU. An unavailable explicit device raises."""
     if name == "auto":
@@ -1120,7 +1127,8 @@ def _fit_run(config, run_dir, device, full, train_idx, val_idx, net, checkpoint,
         raise ValueError(f"Config.cross_fit_folds={config.cross_fit_folds} trains heads only: it needs "
                          f"cache_stages={len(net.stages)} (the whole {config.model} backbone cached) and no "
                          f"freeze_epochs/unfreeze_stages; got cache_stages={k}")
-    initial_state = copy.deepcopy(net.state_dict())  # cross-fitting starts every head from here
+    # cross-fitting starts every head from here
+    initial_state = copy.deepcopy(net.state_dict()) if config.cross_fit_folds else None
     if k > 0:
         if k > len(net.stages):  # k == len(stages): the whole backbone is cached and only the head trains
             raise ValueError(f"Config.cache_stages={k} exceeds the {len(net.stages)} stages of {config.model}")
@@ -1225,9 +1233,7 @@ def _fit_run(config, run_dir, device, full, train_idx, val_idx, net, checkpoint,
                     for loader in val_loaders]
             probs = torch.stack([out["probs"] for out in outs]).mean(dim=0)  # cache mode: mean over views
             val_targets = outs[0]["targets"]
-            thresholds = metrics.tune_thresholds(probs, val_targets, min_positives=config.tune_min_positives,
-                                                 shrink=config.tune_shrink, n_rounds=config.tune_rounds,
-                                                 try_at_least_one=config.try_at_least_one)
+            thresholds = tune_thresholds(probs, val_targets, config)
             tuned = metrics.leaderboard_scores(thresholds.apply(probs), val_targets, warn=False)
             at_half = metrics.leaderboard_scores(probs > 0.5, val_targets, warn=False)
             train_at_half = metrics.leaderboard_scores(train["probs"] > 0.5, train["targets"], warn=False)
@@ -1370,9 +1376,7 @@ def _cross_fit(config, run_dir, device, net, initial_state, criterion, full, tra
         fold_maps.append(metrics.mean_average_precision(oof[held_rows], targets[held_rows]))
         print(f"cross-fit fold {fold + 1}/{config.cross_fit_folds}: {len(fit_rows)} images to train, "
               f"{len(held_rows)} held out, mAP {fold_maps[-1]:.4f}", flush=True)
-    thresholds = metrics.tune_thresholds(oof, targets, min_positives=config.tune_min_positives,
-                                         shrink=config.tune_shrink, n_rounds=config.tune_rounds,
-                                         try_at_least_one=config.try_at_least_one)
+    thresholds = tune_thresholds(oof, targets, config)
     tuned = metrics.leaderboard_scores(thresholds.apply(oof), targets, warn=False)
     module = _train_head(net, initial_state, criterion, train_bank, targets, np.arange(len(order)), config, device,
                          seed=config.seed, desc="cross-fit final head")

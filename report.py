@@ -581,9 +581,7 @@ def prior_f1(train_targets, val_targets, config) -> float:
     prior = np.broadcast_to(train_targets.mean(axis=0), val_targets.shape).astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.MissingClassWarning)
-        result = metrics.tune_thresholds(prior, val_targets, min_positives=config.tune_min_positives,
-                                         shrink=config.tune_shrink, n_rounds=config.tune_rounds,
-                                         try_at_least_one=config.try_at_least_one)
+        result = loops.tune_thresholds(prior, val_targets, config)
     return metrics.leaderboard_scores(result.apply(prior), val_targets, warn=False)["f1"]
 
 
@@ -605,9 +603,7 @@ def threshold_table(probs, targets, thresholds, config, repeats: int = 10) -> pd
         for repeat in range(repeats):
             half_a, half_b = dataset.split_train_val(targets, 0.5, seed=1000 + repeat, stratify=True)
             for fit_idx, score_idx in ((half_a, half_b), (half_b, half_a)):
-                result = metrics.tune_thresholds(probs[fit_idx], targets[fit_idx],
-                                                 min_positives=config.tune_min_positives, shrink=config.tune_shrink,
-                                                 n_rounds=config.tune_rounds, try_at_least_one=config.try_at_least_one)
+                result = loops.tune_thresholds(probs[fit_idx], targets[fit_idx], config)
                 scores = pd.Series(_f1_steps(probs[score_idx], targets[score_idx], result))
                 gains.append(scores - scores["0.5"])
     gains = pd.DataFrame(gains)
@@ -634,18 +630,16 @@ def cross_fit_table(run_dir, config, test_size: int, repeats: int = 10) -> pd.Da
         return None
     saved = np.load(run_dir / "oof.npz")
     probs, targets = saved["probs"], saved["targets"]
-    tune = dict(min_positives=config.tune_min_positives, shrink=config.tune_shrink, n_rounds=config.tune_rounds,
-                try_at_least_one=config.try_at_least_one)
     rows = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.MissingClassWarning)
-        result = metrics.tune_thresholds(probs, targets, **tune)
+        result = loops.tune_thresholds(probs, targets, config)
         rows[f"in-sample: tuned and scored on all {len(probs):,} images"] = [
             {**_f1_steps(probs, targets, result), "mAP": metrics.mean_average_precision(probs, targets)}]
         held = []
         for repeat in range(repeats):
             fit_idx, score_idx = dataset.split_train_val(targets, test_size / len(probs), seed=2000 + repeat)
-            result = metrics.tune_thresholds(probs[fit_idx], targets[fit_idx], **tune)
+            result = loops.tune_thresholds(probs[fit_idx], targets[fit_idx], config)
             held.append({**_f1_steps(probs[score_idx], targets[score_idx], result),
                          "mAP": metrics.mean_average_precision(probs[score_idx], targets[score_idx])})
         rows[f"held out: tuned on {len(probs) - len(score_idx):,}, scored on {len(score_idx):,} (mean)"] = held
