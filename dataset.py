@@ -25,6 +25,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
+import files
+
 # The course's class tuple: index i in a .cls file means CLASSES[i].  This is the only place in
 # the project where the names are written down.
 CLASSES: tuple[str, ...] = (
@@ -236,7 +238,8 @@ class TransformSubset(Dataset):
 
     ``torch.utils.data.random_split`` shares the parent's transform between train and
     validation, so validation images would be augmented too; this class loads the parent's
-    untransformed image and applies its own ``transform``.
+    untransformed image and applies its own ``transform``. Items are ``(image, target)`` like the
+    parent's, or ``(image, stem)`` for an unlabelled parent (the test images).
     """
 
     def __init__(self, dataset, indices, transform=None):
@@ -260,6 +263,8 @@ class TransformSubset(Dataset):
         image = self.dataset.load_image(parent_idx)
         if self.transform is not None:
             image = self.transform(image)
+        if getattr(self.dataset, "targets", None) is None:
+            return image, self.dataset.stems[parent_idx]
         return image, torch.from_numpy(self.dataset.targets[parent_idx].copy())
 
 
@@ -390,10 +395,7 @@ def kfold_assignments(targets: np.ndarray, n_folds: int, seed: int = 0) -> np.nd
 def save_split(path, stems: Sequence[str], train_idx, val_idx, **info) -> None:
     """Write the split as stem lists (JSON), atomically, so that a resumed run reuses it."""
     record = {**info, "train": [stems[i] for i in train_idx], "val": [stems[i] for i in val_idx]}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    files.write_json(path, record, indent=1)
 
 
 def load_split(path, stems: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

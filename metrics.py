@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+import files
 
 __all__ = [
     "MissingClassWarning",
@@ -59,6 +60,11 @@ __all__ = [
     "tune_class_thresholds",
     "apply_thresholds",
     "tune_thresholds",
+    "RULES",
+    "f1_by_rule",
+    "prior_f1",
+    "held_out_gains",
+    "mock_test_scores",
     "predictions_to_dict",
     "validate_predictions",
     "write_predictions",
@@ -571,6 +577,73 @@ def tune_thresholds(probs, targets, candidates=None, *, min_positives: int = DEF
 
 
 # ----------------------------------------------------------------------------------------------------------
+# how much of a tuned F1 survives on new images
+# ----------------------------------------------------------------------------------------------------------
+RULES = ("0.5", "global", "per_class", "final")  # the steps of tune_thresholds, in order
+
+
+def f1_by_rule(probs, targets, result: ThresholdResult) -> dict:
+    """Leaderboard F1 on ``probs`` of each rule of a tuning ``result``: 0.5 for every class, its global
+    threshold, its per-class thresholds, and ``final`` (per-class plus the at-least-one rule if it was kept)."""
+    def f1(preds):
+        return leaderboard_scores(preds, targets, warn=False)["f1"]
+    return {"0.5": f1(apply_thresholds(probs, 0.5)), "global": f1(apply_thresholds(probs, result.global_threshold)),
+            "per_class": f1(apply_thresholds(probs, result.class_thresholds)), "final": f1(result.apply(probs))}
+
+
+def prior_f1(train_targets, val_targets, **tuning) -> float:
+    """Chance level: the F1 on ``val_targets`` of a model that ignores the image and gives every image the
+    class rates of ``train_targets`` as probabilities, with thresholds tuned on the validation images."""
+    train_targets = _binary(train_targets, "train_targets")
+    val_targets = _binary(val_targets, "val_targets")
+    prior = np.broadcast_to(train_targets.mean(axis=0), val_targets.shape).astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingClassWarning)
+        result = tune_thresholds(prior, val_targets, **tuning)
+    return leaderboard_scores(result.apply(prior), val_targets, warn=False)["f1"]
+
+
+def _tuned_elsewhere(probs, targets, splits, tuning: dict):
+    """For each (fit rows, scored rows) of ``splits``: thresholds tuned on the fit rows, the scored rows'
+    F1 of each rule; yields (scored rows, probs, targets, F1 by rule)."""
+    probs, targets = _pair(probs, targets, "probs", _probabilities)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingClassWarning)
+        for fit_idx, score_idx in splits(targets):
+            result = tune_thresholds(probs[fit_idx], targets[fit_idx], **tuning)
+            yield score_idx, probs, targets, f1_by_rule(probs[score_idx], targets[score_idx], result)
+
+
+def held_out_gains(probs, targets, repeats: int = 10, seed: int = 1000, **tuning) -> list[dict]:
+    """Gains over 0.5 of each rule (:data:`RULES`) on images the thresholds were not tuned on: tune on one
+    stratified half of ``probs``, score the other half against 0.5 on that same half, both directions,
+    ``repeats`` different halves. Only gains are comparable: the F1 of a half weighs its classes differently
+    from the F1 of the whole set. Tuning on half the images is noisier than on all of them, so this leans
+    pessimistic. One dict per (repeat, direction)."""
+    def halves(targets):
+        for repeat in range(repeats):
+            half_a, half_b = _dataset().split_train_val(targets, 0.5, seed=seed + repeat, stratify=True)
+            yield from ((half_a, half_b), (half_b, half_a))
+
+    return [{rule: scores[rule] - scores["0.5"] for rule in RULES}
+            for _, _, _, scores in _tuned_elsewhere(probs, targets, halves, tuning)]
+
+
+def mock_test_scores(probs, targets, test_size: int, repeats: int = 10, seed: int = 2000, **tuning) -> list[dict]:
+    """Scores on mock test sets: ``repeats`` times, a stratified draw of ``test_size`` of the images is held out,
+    thresholds are tuned on the rest as ``tune_thresholds`` tunes them, and the held-out images are scored (F1 of
+    each rule of :data:`RULES` and ``mAP``). Meant for out-of-fold probabilities, where no image's probability
+    comes from a model that trained on it: the mean is the F1 to expect on a test set of that size, the spread
+    how far one such test set can land from the next."""
+    def draws(targets):
+        for repeat in range(repeats):
+            yield _dataset().split_train_val(targets, test_size / len(targets), seed=seed + repeat)
+
+    return [{**scores, "mAP": mean_average_precision(probs[held], targets[held])}
+            for held, probs, targets, scores in _tuned_elsewhere(probs, targets, draws, tuning)]
+
+
+# ----------------------------------------------------------------------------------------------------------
 # predictions export, validation and scoring
 # ----------------------------------------------------------------------------------------------------------
 def predictions_to_dict(stems: Sequence[str], preds) -> dict[str, list[int]]:
@@ -669,27 +742,15 @@ def _format_faults(obj, expected_stems, num_classes) -> dict[str, str]:
 def write_predictions(path, predictions: Mapping, expected_stems: Iterable[str] | None = None,
                       num_classes: int | None = None) -> Path:
     """Validate ``predictions`` (raises :class:`PredictionsError` listing every fault), then write them as
-    the course shows (``json.dump(..., indent=2)``, keys sorted, class lists sorted) atomically: a temp
-    file in the same folder, fsync, then ``os.replace``, so a crash never leaves half a file."""
+    the course shows (``json.dump(..., indent=2)``, keys sorted, class lists sorted) atomically
+    (``files.write_atomic``), so a crash never leaves half a file."""
     path = Path(path)
     predictions = dict(predictions)
     errors = validate_predictions(predictions, expected_stems, num_classes)
     if errors:
         raise PredictionsError(errors, str(path))
     clean = {str(stem): sorted(int(c) for c in predictions[stem]) for stem in sorted(predictions)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(clean, file, indent=2)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.remove(temp_name)
-        raise
+    files.write_text(path, json.dumps(clean, indent=2) + "\n")
     return path
 
 

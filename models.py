@@ -8,7 +8,7 @@ the training loop what it needs to fine-tune it.
 * ``MultiLabelNet``: backbone as an ordered list of ``stages`` -> ``pool`` -> ``head``.
   ``features_until(k, x)`` and ``forward_from(k, feats)`` split the forward pass at a
   stage boundary so frozen early stages can be run once and their output cached.
-* Stage-wise freezing (``freeze_backbone``, ``unfreeze_last_stages``, ``unfreeze_all``);
+* Stage-wise freezing (``unfreeze_last_stages(model, n)``: the head and the last n stages train);
   frozen stages are kept in eval mode by ``MultiLabelNet.train``.
 * ``param_groups``: AdamW groups with a lower backbone learning rate and no weight
   decay on norms, biases and other vector-like parameters.
@@ -41,8 +41,7 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD", "DEFAULT_MODEL", "PRIOR_FLOOR",
     "PretrainedWeightsUnavailable", "ModelSpec", "MODEL_SPECS", "list_models", "get_spec",
     "weights_cache_dir", "GlobalPool", "LiteBlock", "MultiLabelNet", "make_head", "prior_logits",
-    "set_head_prior", "build_model", "freeze_backbone", "unfreeze_last_stages", "unfreeze_all",
-    "trainable_stage_count", "set_frozen_bn_eval", "param_groups", "count_parameters",
+    "set_head_prior", "build_model", "unfreeze_last_stages", "set_frozen_bn_eval", "param_groups", "count_parameters",
     "AsymmetricLoss", "MultiLabelBCELoss", "build_loss",
 ]
 
@@ -556,11 +555,6 @@ def _refresh_modes(net: MultiLabelNet) -> None:
         net.train(True)
 
 
-def freeze_backbone(model: nn.Module) -> None:
-    """Train the head only."""
-    unfreeze_last_stages(model, 0)
-
-
 def unfreeze_last_stages(model: nn.Module, n: int) -> None:
     """Make exactly the last ``n`` stages (plus pool, when n >= 1) and the head trainable; freeze the rest."""
     net = _unwrap(model)
@@ -572,17 +566,6 @@ def unfreeze_last_stages(model: nn.Module, n: int) -> None:
     _set_requires_grad(net.pool, n >= 1)
     _set_requires_grad(net.head, True)
     _refresh_modes(net)
-
-
-def unfreeze_all(model: nn.Module) -> None:
-    """Train everything."""
-    net = _unwrap(model)
-    unfreeze_last_stages(net, len(net.stages))
-
-
-def trainable_stage_count(model: nn.Module) -> int:
-    """Number of backbone stages with at least one trainable parameter."""
-    return sum(not _is_frozen(stage) for stage in _unwrap(model).stages)
 
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)

@@ -1,4 +1,4 @@
-"""Fast input pipeline: an in-memory image cache, batched decode + augmentation, and the benchmark.
+"""The input pipeline: in-memory image cache, batched decode + augmentation on the device, and the loaders.
 
 ShuffleNet V2 is so light that on a GPU the per-image JPEG decode and augmentation in DataLoader
 workers, not the network, sets the pace.  This module removes that bottleneck:
@@ -13,27 +13,20 @@ workers, not the network, sets the pace.  This module removes that bottleneck:
   on the GPU (nvJPEG) and augmented there by :func:`batch_transform`, a batched re-implementation of
   ``TrainPreset`` / ``EvalPreset`` that draws its parameters from the preset's own
   ``sample_params`` (no worker processes, hence no Windows start-up cost); elsewhere a DataLoader
-  with worker settings from :func:`auto_loader_settings`.
-- :func:`bench_main` is ``python -m loops bench``: images/s of the input pipeline, of the training
-  step alone (``loops.train_one_epoch``: channels_last and mixed precision on CUDA, optional
-  ``torch.compile``), end to end and for inference.
+  with worker settings from :func:`runtime.loader_settings` and, for training, an
+  :class:`EpochShuffleSampler` whose order depends only on (seed, epoch).
 
-    python -m loops bench [--model NAME] [--batch-size B] [--image-size S] [--device cpu|cuda] [--json]
+``bench.py`` measures both paths (``python -m loops bench``).
 """
 from __future__ import annotations
 
-import argparse
 import io
-import itertools
-import json
 import math
 import os
 import pickle
 import queue
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -43,10 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dataset import (COCOTestImageDataset, COCOTrainImageDataset, EvalPreset, TrainPreset, TransformSubset,
-                     course_dirs, load_rgb, long_side_size)
+import files
+from dataset import EvalPreset, TrainPreset, TransformSubset, load_rgb, long_side_size
+from runtime import available_memory_bytes, epoch_seed, loader_settings
 
 try:
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -64,20 +58,6 @@ _DECODED_RAM_SHARE = 0.5  # "auto" keeps decoded pixels only if they take at mos
 def _log(message: str) -> None:
     # stderr, so that `bench --json` leaves exactly one JSON object on stdout
     print(message, file=sys.stderr, flush=True)
-
-
-def available_memory_bytes() -> int:
-    """RAM available to this process now (psutil where installed, else sysconf; 0 if unknown)."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        return int(psutil.virtual_memory().available)
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,16 +157,12 @@ class ImageCache:
         return cls(mode, buffer, offsets, shapes, gpu_decodable, names, file_sizes, mtimes)
 
     def save(self, path) -> None:
-        """One file, written to a temporary name in the same folder and then renamed."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """One file, written atomically (files.write_atomic)."""
         record = {"version": _CACHE_VERSION, "mode": self.mode, "buffer": self.buffer,
                   "offsets": torch.from_numpy(self.offsets), "shapes": torch.from_numpy(self.shapes),
                   "gpu_decodable": torch.from_numpy(self.gpu_decodable), "names": list(self.names),
                   "file_sizes": torch.from_numpy(self.file_sizes), "mtimes": torch.from_numpy(self.mtimes)}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(record, tmp)
-        os.replace(tmp, path)
+        files.write_atomic(path, lambda file: torch.save(record, file))
 
     @classmethod
     def load(cls, path, paths) -> "ImageCache":
@@ -466,34 +442,6 @@ def batch_transform(batch: torch.Tensor, sizes, preset, params: list[dict] | Non
 # --------------------------------------------------------------------------------------------
 # Loaders
 # --------------------------------------------------------------------------------------------
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # Windows, macOS
-        return os.cpu_count() or 1
-
-
-def auto_loader_settings(device, n_cpus: int | None = None) -> dict:
-    """DataLoader settings for the per-image (worker) path.
-
-    On CUDA the main process only feeds the GPU, so all cores but one decode (8 at most: beyond
-    that these small models wait on the GPU).  On the CPU the training step itself uses every core
-    and loading takes ~2.5 ms of a ~150 ms per-image step, so a worker only takes cores from the
-    step: measured on 2 cores, end to end was 0.98 of the step alone with one worker and 1.00
-    without (equal within noise), and a worker costs memory and start-up time.  So none up to 4
-    cores, then a quarter of them.  Persistent workers start once per run, not once per epoch
-    (spawn start-up is slow on Windows).
-    """
-    device = torch.device(device)
-    n_cpus = n_cpus or cpu_count()
-    if device.type == "cuda":
-        workers = min(8, max(1, n_cpus - 1))
-    else:
-        workers = 0 if n_cpus <= 4 else min(4, n_cpus // 4)
-    return {"num_workers": workers, "pin_memory": device.type == "cuda",
-            "persistent_workers": workers > 0, "prefetch_factor": 4 if workers > 0 else None}
-
-
 def _unwrap(dataset):
     """(dataset holding the images, row indices into it, preset) of a dataset or TransformSubset."""
     if isinstance(dataset, TransformSubset):
@@ -507,9 +455,25 @@ def gpu_path_supported(dataset) -> bool:
     return isinstance(base, CachedImageDataset) and type(preset) in (TrainPreset, EvalPreset)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch's shuffling and augmentation draws in :class:`BatchLoader`."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+class EpochShuffleSampler(Sampler):
+    """A random order per epoch drawn from (seed, epoch) alone (call ``set_epoch`` before each epoch).
+
+    The order does not depend on how many epochs ran before in this process, so a resumed run sees the same
+    batches as an uninterrupted one, and it works with persistent DataLoader workers.
+    """
+
+    def __init__(self, length: int, seed: int = 0):
+        self.length, self.seed, self.epoch = int(length), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.length, generator=generator).tolist())
 
 
 class BatchLoader:
@@ -636,7 +600,8 @@ class BatchLoader:
 
 
 class DeviceLoader:
-    """A DataLoader whose batches are moved to ``device`` (non-blocking from pinned memory).
+    """A DataLoader whose batches are moved to ``device`` (non-blocking from pinned memory); ``set_epoch``
+    reaches its :class:`EpochShuffleSampler`.
 
     Without workers, batches are loaded in this process with one torch thread: a 224 px image's
     operations are too small to split, and on a busy 2-core machine splitting them made loading
@@ -648,6 +613,10 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.loader.sampler, EpochShuffleSampler):
+            self.loader.sampler.set_epoch(epoch)
 
     def _batches(self):
         batches = iter(self.loader)
@@ -672,35 +641,34 @@ class DeviceLoader:
             yield images, labels
 
 
-def make_loader(dataset, *, batch_size: int, device, train: bool, shuffle: bool | None = None,
-                drop_last: bool | None = None, seed: int = 0, mode: str = "auto", num_workers: int | None = None,
-                channels_last: bool = False):
-    """The loader for ``dataset`` (a course dataset, a :class:`CachedImageDataset` or a
-    ``TransformSubset`` of one): an iterable of ``(images_on_device, targets_on_device | stems)``
-    with ``len()`` = batches per epoch.
+def make_loader(dataset, *, batch_size: int, device, train: bool, drop_last: bool | None = None, seed: int = 0,
+                mode: str = "auto", num_workers: int | None = None, channels_last: bool = False):
+    """The loader for ``dataset``: an iterable of ``(inputs_on_device, targets_on_device | stems)`` with
+    ``len()`` = batches per epoch and, for training, ``set_epoch(epoch)`` to call before each epoch.
 
-    ``mode="gpu"``: :class:`BatchLoader` (needs a cached dataset and a stock preset; runs on any
-    device).  ``mode="workers"``: a DataLoader with :func:`auto_loader_settings` (``num_workers``
+    ``mode="gpu"``: :class:`BatchLoader` (a course dataset cached by :func:`cache_dataset`, or a
+    ``TransformSubset`` of one, with a stock preset; runs on any device).  ``mode="workers"``: a DataLoader
+    over any dataset (images, cached features) with :func:`runtime.loader_settings` (``num_workers``
     overrides).  ``mode="auto"``: gpu on CUDA when the dataset allows it, else workers.
-    ``train`` sets the defaults ``shuffle=True, drop_last=True`` (a last batch of one image would
-    break BatchNorm); evaluation keeps every image in order.
+    Training (``train=True``) shuffles in an order drawn from (seed, epoch) alone and drops an incomplete last
+    batch unless ``drop_last`` says otherwise (a last batch of one image would break BatchNorm); evaluation
+    keeps every item in order.
     """
     if mode not in LOADER_MODES:
         raise ValueError(f"loader mode must be one of {LOADER_MODES}, got {mode!r}")
     device = torch.device(device)
-    shuffle = train if shuffle is None else shuffle
     drop_last = train if drop_last is None else drop_last
     if mode == "auto":
         mode = "gpu" if device.type == "cuda" and gpu_path_supported(dataset) else "workers"
     if mode == "gpu":
-        return BatchLoader(dataset, batch_size=batch_size, device=device, shuffle=shuffle, drop_last=drop_last,
+        return BatchLoader(dataset, batch_size=batch_size, device=device, shuffle=train, drop_last=drop_last,
                            seed=seed, channels_last=channels_last)
-    settings = auto_loader_settings(device)
-    if num_workers is not None:
-        settings.update(num_workers=num_workers, persistent_workers=num_workers > 0,
-                        prefetch_factor=4 if num_workers > 0 else None)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                        generator=torch.Generator().manual_seed(seed), **settings)
+    settings = loader_settings(device, num_workers)
+    if train:
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=EpochShuffleSampler(len(dataset), seed),
+                            drop_last=drop_last, generator=torch.Generator().manual_seed(seed), **settings)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, **settings)
     return DeviceLoader(loader, device, channels_last)
 
 
@@ -708,312 +676,3 @@ def loader_description(loader) -> str:
     if isinstance(loader, BatchLoader):
         return f"gpu path (main process, {loader.cache.mode} cache, decode on {loader.device.type})"
     return f"workers path ({loader.loader.num_workers} worker(s), pin_memory={loader.loader.pin_memory})"
-
-
-# --------------------------------------------------------------------------------------------
-# The benchmark
-# --------------------------------------------------------------------------------------------
-def make_bench_data(root, n_train: int, n_test: int, *, distinct: int = 1000, seed: int = 0) -> Path:
-    """A course-layout folder of ``n_train`` + ``n_test`` synthetic photos, long side 224 px.
-
-    Up to ``distinct`` images are drawn by :mod:`synthetic`; the rest are links (or copies) of
-    them under new stems, so that a 65,000-image epoch is ready in seconds.  Every file is still
-    read, decoded and augmented on its own.
-    """
-    import synthetic
-
-    root = Path(root)
-    data = root / f"bench-{n_train}-{n_test}"
-    marker = data / "BENCH.json"
-    settings = {"n_train": n_train, "n_test": n_test, "distinct": distinct, "seed": seed}
-    if marker.exists() and json.loads(marker.read_text()) == settings:
-        return data
-    if data.exists():
-        shutil.rmtree(data)
-    # synthetic's label sampler needs enough images to give every class a few
-    n_distinct_train, n_distinct_test = max(min(n_train, distinct), 200), max(min(n_test, distinct), 100)
-    source = synthetic.make_demo_dataset(root / f"distinct-{n_distinct_train}-{n_distinct_test}-{seed}",
-                                         n_train=n_distinct_train, n_test=n_distinct_test, seed=seed, long_side=224)
-    src, dst = course_dirs(source), course_dirs(data)
-    for path in dst.values():
-        path.mkdir(parents=True)
-
-    def link(a: Path, b: Path) -> None:
-        try:
-            os.link(a, b)
-        except OSError:  # file systems without hard links
-            shutil.copyfile(a, b)
-
-    for kind, count in (("train", n_train), ("test", n_test)):
-        images = sorted(src[f"{kind}_images"].glob("*.jpg"))
-        for i in range(count):
-            stem = f"{i + (1 if kind == 'train' else 500_001):012d}"
-            original = images[i % len(images)]
-            link(original, dst[f"{kind}_images"] / f"{stem}.jpg")
-            if kind == "train":
-                link(src["train_labels"] / f"{original.stem}.cls", dst["train_labels"] / f"{stem}.cls")
-    marker.write_text(json.dumps(settings))
-    return data
-
-
-def peak_memory_mb(device) -> float:
-    """Peak GPU memory allocated by tensors (CUDA), else the process's peak resident memory."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-    except ImportError:  # Windows
-        import psutil
-        return psutil.Process().memory_info().peak_wset / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # macOS: bytes, Linux: KiB
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class _Timed:
-    """Passes ``batches`` through and times them: the clock starts (device drained) after ``warmup``
-    batches, and the iteration ends early once ``min_batches`` were timed and ``max_seconds``
-    passed (0: no limit).  ``ips()`` (device drained again) is images per second."""
-
-    def __init__(self, batches, device, *, warmup: int, min_batches: int, max_seconds: float):
-        self.batches, self.device = batches, torch.device(device)
-        self.warmup, self.min_batches, self.max_seconds = warmup, min_batches, max_seconds
-        self.images = self.timed = 0
-
-    def __iter__(self):
-        batches = iter(self.batches)
-        try:
-            for k, batch in enumerate(batches):
-                if k == self.warmup:
-                    _sync(self.device)
-                    self.start = time.perf_counter()
-                elif k > self.warmup and self.max_seconds and self.timed >= self.min_batches \
-                        and time.perf_counter() - self.start > self.max_seconds:
-                    return
-                yield batch
-                if k >= self.warmup:
-                    self.images += len(batch[0])
-                    self.timed += 1
-        finally:
-            if hasattr(batches, "close"):  # a BatchLoader epoch left early stops its thread
-                batches.close()
-
-    def ips(self) -> float:
-        _sync(self.device)
-        if self.timed == 0:
-            raise ValueError("benchmark: no batch left after the warm-up; use more images or a smaller batch size")
-        return self.images / (time.perf_counter() - self.start)
-
-
-def _endless(loader):
-    """Batches of ``loader``, epoch after epoch."""
-    while True:
-        yield from loader
-
-
-def _train_alternating(train_epoch, fixed_batch, train_loader, device, *, warmup: int, block: int,
-                       max_seconds: float) -> dict:
-    """Images/s of the training step alone (``fixed_batch`` over and over) and end to end (batches of
-    ``train_loader``), timed in alternating blocks of ``block`` batches.
-
-    Alternating makes a change in background load (other programs on a shared machine) hit both
-    figures alike, so their ratio stays meaningful.  After a warm-up block of each, rounds go on
-    until ``max_seconds`` per figure have passed (0: one round), at least two rounds when a block
-    is shorter than an epoch.
-    """
-    stream = _endless(train_loader)
-    totals = {"step": [0.0, 0], "end_to_end": [0.0, 0]}
-
-    def run(kind: str, n_batches: int, timed: bool) -> float:
-        batches = [fixed_batch] * n_batches if kind == "step" else itertools.islice(stream, n_batches)
-        _sync(device)
-        start = time.perf_counter()
-        images = train_epoch(batches)["images"]
-        _sync(device)
-        seconds = time.perf_counter() - start
-        if timed:
-            totals[kind][0] += seconds
-            totals[kind][1] += images
-        return images / seconds
-
-    run("step", warmup, timed=False)
-    run("end_to_end", warmup, timed=False)
-    round_ratios = []
-    min_rounds = 1 if block >= len(train_loader) else 2
-    while len(round_ratios) < min_rounds or (max_seconds and totals["step"][0] < max_seconds):
-        step_ips = run("step", block, timed=True)
-        round_ratios.append(run("end_to_end", block, timed=True) / step_ips)
-    return {"step_ips": totals["step"][1] / totals["step"][0],
-            "end_to_end_ips": totals["end_to_end"][1] / totals["end_to_end"][0],
-            "rounds": len(round_ratios), "round_ratio_median": float(np.median(round_ratios)),
-            "timed_images": totals["end_to_end"][1]}
-
-
-def _parse_bench_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m loops bench",
-        description="Images/s of the input pipeline, the training step, end-to-end training and inference.")
-    parser.add_argument("--model", default="shufflenet_v2_x1_0", help="models.build_model name (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, help="default: 256 on CUDA, 64 on CPU")
-    parser.add_argument("--image-size", type=int, default=224, help="default: %(default)s")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--data-root", help="a folder in the course layout; default: generated photos")
-    parser.add_argument("--images", type=int, help="generated training images (default: 65000 on CUDA, 512 on CPU)")
-    parser.add_argument("--test-images", type=int, help="generated test images (default: 4952 on CUDA, 128 on CPU)")
-    parser.add_argument("--work-dir", help="where generated images are kept for the next run (default: a temp folder)")
-    parser.add_argument("--cache", choices=CACHE_MODES, default="auto", help="image cache (default: %(default)s)")
-    parser.add_argument("--mode", choices=LOADER_MODES, default="auto", help="loader path (default: %(default)s)")
-    parser.add_argument("--workers", type=int, help="DataLoader workers of the workers path (default: automatic)")
-    parser.add_argument("--no-amp", action="store_true", help="no mixed precision (default: on for CUDA)")
-    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                        help="memory format (default: auto = on for CUDA)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--max-seconds", type=float,
-                        help="timed seconds per figure; 0 = one block (default: 0 on CUDA, 30 on CPU)")
-    parser.add_argument("--block", type=int,
-                        help="batches per block when the training step alone and end to end are timed in turns "
-                             "(default: an epoch on CUDA, 1 on CPU)")
-    parser.add_argument("--warmup", type=int, help="untimed batches per phase (default: 5 on CUDA, 1 on CPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device available")
-    cuda = args.device == "cuda"
-    if args.block is None and not cuda:
-        args.block = 1  # on CPU a batch takes seconds: alternate often
-    defaults = {"batch_size": (256, 64), "images": (65000, 512), "test_images": (4952, 128),
-                "max_seconds": (0.0, 30.0), "warmup": (5, 1)}
-    for name, (on_cuda, on_cpu) in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, on_cuda if cuda else on_cpu)
-    return args
-
-
-def run_bench(args) -> dict:
-    """The measurements of :func:`bench_main` as a dict.  The training step and inference are
-    ``loops.train_one_epoch`` and ``loops.predict``, the very code that trains and predicts."""
-    import loops  # lazy: loops imports this module for its `bench` command
-    import models
-
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    loops.seed_everything(args.seed)
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
-        torch.cuda.reset_peak_memory_stats(device)
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        if args.data_root:
-            root, source = Path(args.data_root), f"course folder {args.data_root}"
-        else:
-            start = time.perf_counter()
-            root = make_bench_data(args.work_dir or tmp, args.images, args.test_images, seed=args.seed)
-            source = f"{args.images} + {args.test_images} generated JPEGs, long side 224 px"
-            _log(f"bench: data ready in {time.perf_counter() - start:.1f} s ({root})")
-        dirs = course_dirs(root)
-        start = time.perf_counter()
-        train_data = cache_dataset(COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"]), args.cache,
-                                   device=device)
-        test_data = cache_dataset(COCOTestImageDataset(dirs["test_images"]), args.cache, device=device)
-        cache_seconds = time.perf_counter() - start
-        cache = train_data.cache if isinstance(train_data, CachedImageDataset) else None
-
-        model = models.build_model(args.model, pretrained=False)  # random weights: the same speed, no download
-        channels_last = cuda if args.channels_last == "auto" else args.channels_last == "on"
-        model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        spec = model.spec
-        amp_dtype, scaler = loops.amp_settings(device, not args.no_amp)
-        criterion = models.build_loss("bce").to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        network = torch.compile(model) if args.compile else model
-
-        train_preset = TrainPreset(image_size=args.image_size, mean=spec.mean, std=spec.std)
-        test_data.transform = EvalPreset(image_size=args.image_size, mean=spec.mean, std=spec.std)
-        options = dict(device=device, mode=args.mode, num_workers=args.workers, channels_last=channels_last,
-                       seed=args.seed)
-        train_loader = make_loader(TransformSubset(train_data, np.arange(len(train_data)), train_preset),
-                                   batch_size=args.batch_size, train=True, **options)
-        test_loader = make_loader(test_data, batch_size=args.batch_size, train=False, **options)
-        if len(train_loader) <= args.warmup:
-            raise ValueError(f"benchmark: {len(train_data)} training images make {len(train_loader)} batches of "
-                             f"{args.batch_size}, not more than the {args.warmup} warm-up batches")
-        limits = {"warmup": args.warmup, "min_batches": 2, "max_seconds": args.max_seconds}
-        train = dict(criterion=criterion, optimizer=optimizer, device=device, scaler=scaler, amp_dtype=amp_dtype,
-                     channels_last=channels_last, progress=False)
-
-        _log(f"bench: input pipeline alone ({loader_description(train_loader)})...")
-        pipeline_alone = _Timed(train_loader, device, **limits)
-        for _ in pipeline_alone:
-            pass
-        pipeline_ips = pipeline_alone.ips()
-
-        _log("bench: training step alone (one batch already on the device) and end to end, in turns...")
-        training = _train_alternating(lambda batches: loops.train_one_epoch(network, batches, **train),
-                                      next(iter(train_loader)), train_loader, device, warmup=args.warmup,
-                                      block=args.block or len(train_loader), max_seconds=args.max_seconds)
-        step_ips, e2e_ips = training["step_ips"], training["end_to_end_ips"]
-
-        _log("bench: inference (test images, evaluation preset)...")
-        inference = _Timed(test_loader, device, **{**limits, "warmup": min(args.warmup, len(test_loader) - 1)})
-        loops.predict(network, inference, device, amp_dtype=amp_dtype, channels_last=channels_last, progress=False)
-        inference_ips = inference.ips()
-
-    return {
-        "pipeline_ips": round(pipeline_ips, 1), "step_ips": round(step_ips, 1), "end_to_end_ips": round(e2e_ips, 1),
-        "inference_ips": round(inference_ips, 1), "end_to_end_over_step": round(e2e_ips / step_ips, 3),
-        "peak_mem_mb": round(peak_memory_mb(device), 1),
-        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({cpu_count()} cores)",
-        "pipeline_over_step": round(pipeline_ips / step_ips, 2),
-        "epoch_65000_s": round(65000 / e2e_ips, 1), "test_4952_s": round(4952 / inference_ips, 1),
-        "model": args.model, "pretrained": False, "batch_size": args.batch_size, "image_size": args.image_size,
-        "train_images": len(train_data), "test_images": len(test_data), "data": source,
-        "rounds": training["rounds"], "end_to_end_over_step_round_median": round(training["round_ratio_median"], 3),
-        "end_to_end_timed_images": training["timed_images"],
-        "loader": loader_description(train_loader), "cache": cache.mode if cache else "none",
-        "cache_mb": round(cache.nbytes / 2**20, 1) if cache else 0.0, "cache_build_s": round(cache_seconds, 1),
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "channels_last": channels_last,
-        "compile": args.compile, "torch": torch.__version__, "threads": torch.get_num_threads(),
-    }
-
-
-def bench_main(argv=None) -> int:
-    """``python -m loops bench``: print the figures (a table, or one JSON object with ``--json``);
-    returns the exit status."""
-    args = _parse_bench_args(argv)
-    result = run_bench(args)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    rows = [("input pipeline alone", f"{result['pipeline_ips']:.1f} images/s"),
-            ("training step alone", f"{result['step_ips']:.1f} images/s"),
-            ("end to end training", f"{result['end_to_end_ips']:.1f} images/s"),
-            ("inference", f"{result['inference_ips']:.1f} images/s"),
-            ("end to end / step alone", f"{result['end_to_end_over_step']:.3f} (median of {result['rounds']} "
-                                        f"rounds: {result['end_to_end_over_step_round_median']:.3f})"),
-            ("pipeline / step alone", f"{result['pipeline_over_step']:.2f}"),
-            ("epoch of 65,000 images", f"{result['epoch_65000_s']:.1f} s"),
-            ("test set of 4,952 images", f"{result['test_4952_s']:.1f} s"),
-            ("peak memory", f"{result['peak_mem_mb']:.0f} MiB"
-                            f" ({'GPU tensors' if args.device == 'cuda' else 'process RSS'})")]
-    print(f"{result['model']} (random weights), batch {result['batch_size']}, {result['image_size']} px, "
-          f"{result['device']}, amp={result['amp']}, channels_last={result['channels_last']}, "
-          f"compile={result['compile']}")
-    print(f"data: {result['data']}; cache: {result['cache']} ({result['cache_mb']:.0f} MiB, "
-          f"{result['cache_build_s']:.1f} s); loader: {result['loader']}")
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] != "bench":
-        sys.exit("usage: python -m pipeline bench [options]   (the same as python -m loops bench)")
-    sys.exit(bench_main(sys.argv[2:]))

@@ -32,7 +32,6 @@ import json
 import math
 import random
 import textwrap
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -41,13 +40,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 import dataset
-import loops
 import metrics
 import models
-import pipeline
+import recipe
+from config import Config
 
 CLASSES = dataset.CLASSES
 STUDY_CSV = Path(__file__).resolve().parent / "study" / "results.csv"
@@ -281,20 +279,11 @@ def plot_split_coverage(coverage: Mapping, save=None, rarest: int = 30):
 # ----------------------------------------------------------------------------------------------------------
 # augmentation
 # ----------------------------------------------------------------------------------------------------------
-def presets_for(config) -> tuple[dataset.TrainPreset, dataset.EvalPreset, models.ModelSpec]:
-    """The training and evaluation presets a run with ``config`` uses (as loops.fit builds them)."""
-    spec = models.get_spec(config.model)
-    image_size = config.image_size or spec.input_size
-    train_tf = dataset.TrainPreset(image_size=image_size, mean=spec.mean, std=spec.std,
-                                   scale=(config.crop_scale_min, 1.0), color_jitter=config.color_jitter)
-    eval_tf = dataset.EvalPreset(image_size=image_size, mean=spec.mean, std=spec.std)
-    return train_tf, eval_tf, spec
-
-
 def plot_augmentations(source, indices: Sequence[int], config, n_draws: int = 3, seed: int = 0, save=None):
     """Each row one training image: the file, the evaluation preset (pad), the course's stretch, a centre crop,
     and ``n_draws`` draws of the training preset. Tensors are denormalised for display."""
-    train_tf, eval_tf, spec = presets_for(config)
+    train_tf, eval_tf = recipe.presets_for(config)
+    spec = models.get_spec(config.model)
     size = eval_tf.image_size
     others = {mode: dataset.EvalPreset(image_size=size, mean=spec.mean, std=spec.std, mode=mode)
               for mode in ("stretch", "crop")}
@@ -325,18 +314,13 @@ def plot_augmentations(source, indices: Sequence[int], config, n_draws: int = 3,
 # ----------------------------------------------------------------------------------------------------------
 def config_table(config) -> pd.DataFrame:
     """Every Config field: value, Config's default, whether the preset/overrides changed it, help text."""
-    defaults = loops.Config()
+    defaults = Config()
     rows = []
-    for f in dataclasses.fields(loops.Config):
+    for f in dataclasses.fields(Config):
         value, default = getattr(config, f.name), getattr(defaults, f.name)
         rows.append({"field": f.name, "value": value, "default": default,
                      "changed": "yes" if value != default else "", "help": f.metadata.get("help", "")})
     return pd.DataFrame(rows).set_index("field")
-
-
-def build_model_for(config, pretrained: bool | None = None):
-    """The network loops.fit builds for ``config`` (same helper, so the summary shows what trains)."""
-    return loops.build_net(config, pretrained=pretrained)
 
 
 def stage_table(model, image_size: int) -> pd.DataFrame:
@@ -363,11 +347,11 @@ def stage_table(model, image_size: int) -> pd.DataFrame:
 
 
 def freeze_schedule(model, config) -> pd.DataFrame:
-    """Which parts train in which epochs, asked of loops' own freezing rule (on a copy of ``model``)."""
+    """Which parts train in which epochs, asked of recipe.set_trainable, the rule runs.fit follows (on a copy of ``model``)."""
     probe = copy.deepcopy(model)
     rows, previous = [], None
     for epoch in range(config.epochs):
-        trains = loops.set_trainable(probe, config, epoch)
+        trains = recipe.set_trainable(probe, config, epoch)
         counts = models.count_parameters(probe)
         if previous is not None and previous["trains"] == trains:
             previous["epochs"] = f"{previous['first']}-{epoch + 1}"
@@ -426,9 +410,9 @@ def read_json(path) -> dict:
 
 def lr_schedule(config, n_train: int) -> pd.DataFrame:
     """Learning rates of the head and the backbone after every optimiser step, from the scheduler that
-    loops.fit builds (loops.make_scheduler, a fresh cycle at the unfreeze milestone); index: epochs
+    runs.fit builds (recipe.make_scheduler, a fresh cycle at the unfreeze milestone); index: epochs
     (fractional). ``n_train``: training images of the run."""
-    per_epoch = loops.steps_per_epoch(n_train, config.batch_size)
+    per_epoch = recipe.steps_per_epoch(n_train, config.batch_size)
     head, backbone = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     peak_lrs = [config.lr, config.lr * config.backbone_lr_mult]
     optimizer = torch.optim.AdamW([{"params": [head], "lr": peak_lrs[0]}, {"params": [backbone], "lr": peak_lrs[1]}])
@@ -436,7 +420,7 @@ def lr_schedule(config, n_train: int) -> pd.DataFrame:
     scheduler = None
     for epoch in range(config.epochs):
         if epoch == 0 or epoch == config.freeze_epochs:
-            scheduler = loops.make_scheduler(optimizer, peak_lrs, config, per_epoch, epoch)
+            scheduler = recipe.make_scheduler(optimizer, peak_lrs, config, per_epoch, epoch)
         for _ in range(per_epoch):
             rows.append([group["lr"] for group in optimizer.param_groups])
             optimizer.step()  # no gradients: nothing changes; keeps the scheduler's order-of-calls check quiet
@@ -478,35 +462,32 @@ def plot_training_curves(history: pd.DataFrame, schedule: pd.DataFrame | None = 
 # ----------------------------------------------------------------------------------------------------------
 # thresholds
 # ----------------------------------------------------------------------------------------------------------
-def validation_outputs(run_dir, data_root=None, which: str = "best", device: str | None = None,
-                       progress: bool = False) -> dict:
-    """Re-run a saved model over its run's validation split.
+def validation_outputs(run_dir, data_root=None) -> dict:
+    """What a run saved about its selected model's validation pass (``val_outputs.npz``, ``thresholds.json``,
+    ``split.json``, ``config.json``), with the dataset the split indexes, for the notebook's analysis.
 
-    Loads the checkpoint (loops.load_run), rebuilds the dataset and the split from ``split.json``, evaluates
-    with the run's evaluation preset (loops.evaluate) and returns a dict: ``model``, ``config``,
-    ``thresholds`` (metrics.ThresholdResult), ``source`` (the untransformed dataset), ``train_idx``,
-    ``val_idx`` (rows of ``source``), ``probs`` and ``targets`` (numpy, validation rows in ``val_idx`` order).
+    Returns a dict: ``config``, ``thresholds`` (metrics.ThresholdResult), ``epoch`` (of best.pt), ``source``
+    (the untransformed dataset), ``train_idx``, ``val_idx`` (rows of ``source``), ``probs`` and ``targets``
+    (numpy, validation rows in ``val_idx`` order). Nothing is recomputed: these are the probabilities the
+    thresholds were tuned on.
     """
     run_dir = Path(run_dir)
-    model, config, thresholds = loops.load_run(run_dir, which)
+    config = Config.from_dict(read_json(run_dir / "config.json"))
     root = dataset.find_data_root(data_root or config.data_root)
     if root is None:
         raise FileNotFoundError(f"{run_dir}: no data root given and the run's ({config.data_root}) is not found")
     dirs = dataset.course_dirs(root)
     source = dataset.COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"], max_images=config.max_train_images)
     train_idx, val_idx = dataset.load_split(run_dir / "split.json", source.stems)
-    _, eval_tf, _ = presets_for(config)
-    device = loops.resolve_device(device or config.device)
-    loader_options = pipeline.auto_loader_settings(device)
-    loader = DataLoader(dataset.TransformSubset(source, val_idx, eval_tf), batch_size=config.batch_size * 2,
-                        shuffle=False, **loader_options)
-    module, amp_dtype, channels_last = loops.evaluation_module(model, config, device)  # as the run evaluated it
-    out = loops.evaluate(module, loader, device, amp_dtype=amp_dtype, channels_last=channels_last,
-                         tta_hflip=config.tta_hflip, progress=progress, desc="validation")
-    model.to("cpu", memory_format=torch.contiguous_format)
-    return {"model": model, "config": config, "thresholds": thresholds, "source": source, "train_idx": train_idx,
-            "val_idx": val_idx, "probs": out["probs"].numpy().astype(np.float64),
-            "targets": out["targets"].numpy() > 0.5}
+    path = run_dir / "val_outputs.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the run has not finished an epoch")
+    saved = np.load(path)
+    if list(saved["stems"]) != [source.stems[i] for i in val_idx]:
+        raise ValueError(f"{path}: its validation images are not those of {run_dir / 'split.json'}")
+    return {"config": config, "thresholds": metrics.ThresholdResult.from_dict(read_json(run_dir / "thresholds.json")),
+            "epoch": int(saved["epoch"]), "source": source, "train_idx": train_idx, "val_idx": val_idx,
+            "probs": saved["probs"].astype(np.float64), "targets": saved["targets"]}
 
 
 def plot_threshold_sweep(probs, targets, thresholds, save=None):
@@ -559,54 +540,21 @@ def plot_class_thresholds(thresholds, val_counts, min_positives: int, save=None,
     return fig
 
 
-def _f1_steps(probs, targets, result) -> dict:
-    """Leaderboard F1 of each tuning step's rule applied to ``probs``."""
-    def f1(preds):
-        return metrics.leaderboard_scores(preds, targets, warn=False)["f1"]
-    return {"0.5": f1(probs > 0.5), "global": f1(probs > result.global_threshold),
-            "per_class": f1(metrics.apply_thresholds(probs, result.class_thresholds)),
-            "final": f1(result.apply(probs))}
-
-
 STEP_NAMES = {"0.5": "threshold 0.5 for every class", "global": "best single threshold",
               "per_class": "per-class thresholds", "final": "+ at-least-one rule (if kept)"}
 
 
-def prior_f1(train_targets, val_targets, config) -> float:
-    """Chance level: the validation F1 of a model that ignores the image and gives every image the training
-    split's class rates as probabilities, with thresholds tuned exactly as loops.fit tunes them (same
-    validation images, same settings)."""
-    train_targets = _as_numpy(train_targets) > 0
-    val_targets = _as_numpy(val_targets) > 0
-    prior = np.broadcast_to(train_targets.mean(axis=0), val_targets.shape).astype(np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.MissingClassWarning)
-        result = loops.tune_thresholds(prior, val_targets, config)
-    return metrics.leaderboard_scores(result.apply(prior), val_targets, warn=False)["f1"]
-
-
 def threshold_table(probs, targets, thresholds, config, repeats: int = 10) -> pd.DataFrame:
-    """What each tuning step is worth, in-sample and held out; one row per step (0.5, global, per_class, final).
+    """What each tuning step is worth, in-sample and held out; one row per rule (0.5, global, per_class, final).
 
     * ``in-sample F1``: the run's stored thresholds applied to ``probs``, i.e. scored on the very images they
       were tuned on (optimistic); ``in-sample gain``: its gain over the 0.5 row.
-    * ``held-out gain`` (mean, std, standard error): thresholds tuned afresh on one stratified half of the validation images
-      and scored on the other half against 0.5 on that same half (both directions, ``repeats`` different
-      halves). Only gains are compared: the F1 of a half is not the F1 of the whole set (its classes weigh
-      differently). Tuning on half the images is noisier than on all of them, so this leans pessimistic.
+    * ``held-out gain`` (mean, std, standard error): ``metrics.held_out_gains``, thresholds tuned afresh on one
+      stratified half and scored on the other against 0.5 on that same half.
     * ``expected F1``: the 0.5 row's F1 (nothing fitted) plus the held-out gain: an estimate for new images.
     """
-    in_sample = pd.Series(_f1_steps(probs, targets, thresholds))
-    gains = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.MissingClassWarning)
-        for repeat in range(repeats):
-            half_a, half_b = dataset.split_train_val(targets, 0.5, seed=1000 + repeat, stratify=True)
-            for fit_idx, score_idx in ((half_a, half_b), (half_b, half_a)):
-                result = loops.tune_thresholds(probs[fit_idx], targets[fit_idx], config)
-                scores = pd.Series(_f1_steps(probs[score_idx], targets[score_idx], result))
-                gains.append(scores - scores["0.5"])
-    gains = pd.DataFrame(gains)
+    in_sample = pd.Series(metrics.f1_by_rule(probs, targets, thresholds))
+    gains = pd.DataFrame(metrics.held_out_gains(probs, targets, repeats=repeats, **config.tuning_options()))
     frame = pd.DataFrame({"step": [STEP_NAMES[k] for k in in_sample.index], "in-sample F1": in_sample,
                           "in-sample gain": in_sample - in_sample["0.5"], "held-out gain": gains.mean(),
                           "held-out gain (std)": gains.std(),
@@ -617,34 +565,24 @@ def threshold_table(probs, targets, thresholds, config, repeats: int = 10) -> pd
 
 
 def cross_fit_table(run_dir, config, test_size: int, repeats: int = 10) -> pd.DataFrame | None:
-    """The cross-fitted thresholds (``Config.cross_fit_folds``) judged on images they were not tuned on.
-
-    ``oof.npz`` holds an out-of-fold probability for every labelled image. Each repeat draws a stratified
-    mock test set of ``test_size`` images, tunes thresholds on the out-of-fold probabilities of the others, as
-    ``loops._cross_fit`` does on all of them, and scores the mock test set: its mean is the F1 to expect from a
-    test set of that size, its spread how much one such test set can differ from the next. The first row is the
-    in-sample figure (tuned and scored on all images). None when the run was not cross-fitted.
+    """The cross-fitted thresholds (``Config.cross_fit_folds``) judged on images they were not tuned on
+    (``metrics.mock_test_scores`` on the run's ``oof.npz``): the mean over mock test sets of ``test_size``
+    images, their spread, and first the in-sample figure (tuned and scored on all images). None when the run
+    was not cross-fitted.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "oof.npz").is_file():
         return None
     saved = np.load(run_dir / "oof.npz")
     probs, targets = saved["probs"], saved["targets"]
-    rows = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.MissingClassWarning)
-        result = loops.tune_thresholds(probs, targets, config)
-        rows[f"in-sample: tuned and scored on all {len(probs):,} images"] = [
-            {**_f1_steps(probs, targets, result), "mAP": metrics.mean_average_precision(probs, targets)}]
-        held = []
-        for repeat in range(repeats):
-            fit_idx, score_idx = dataset.split_train_val(targets, test_size / len(probs), seed=2000 + repeat)
-            result = loops.tune_thresholds(probs[fit_idx], targets[fit_idx], config)
-            held.append({**_f1_steps(probs[score_idx], targets[score_idx], result),
-                         "mAP": metrics.mean_average_precision(probs[score_idx], targets[score_idx])})
-        rows[f"held out: tuned on {len(probs) - len(score_idx):,}, scored on {len(score_idx):,} (mean)"] = held
-        rows["held out: spread over the mock test sets (std)"] = [pd.DataFrame(held).std().to_dict()]
-    frame = pd.DataFrame({name: pd.DataFrame(values).mean() for name, values in rows.items()}).T
+    tuning = config.tuning_options()
+    result = metrics.tune_thresholds(probs, targets, **tuning)
+    in_sample = {**metrics.f1_by_rule(probs, targets, result), "mAP": metrics.mean_average_precision(probs, targets)}
+    held = pd.DataFrame(metrics.mock_test_scores(probs, targets, test_size, repeats=repeats, **tuning))
+    n_test = min(len(probs) - 1, max(1, round(len(probs) * test_size / len(probs))))
+    frame = pd.DataFrame({f"in-sample: tuned and scored on all {len(probs):,} images": pd.Series(in_sample),
+                          f"held out: tuned on {len(probs) - n_test:,}, scored on {n_test:,} (mean)": held.mean(),
+                          "held out: spread over the mock test sets (std)": held.std()}).T
     return frame.rename(columns={key: STEP_NAMES.get(key, key) for key in frame.columns})
 
 
@@ -944,7 +882,7 @@ def _hardware_text(hardware: Mapping | None) -> str:
 
 
 def collect_runs(runs_dir) -> tuple[pd.DataFrame, list[str]]:
-    """One row per run folder under ``runs_dir`` (a folder holding config.json), from the files loops.fit
+    """One row per run folder under ``runs_dir`` (a folder holding config.json), from the files runs.fit
     writes: config.json, split.json, metrics.csv, summary.json (absent while a run is unfinished).
 
     Returns (table, skipped): sub-folders without config.json are listed in ``skipped``, not silently dropped.

@@ -146,10 +146,6 @@ def make_demo_dataset(root, n_train: int = 1000, n_test: int = 250, seed: int = 
     return root
 
 
-def is_synthetic(root) -> bool:
-    return (Path(root) / MARKER).exists()
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder to create (course layout)")

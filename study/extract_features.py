@@ -4,7 +4,7 @@ pooled (average + max) final features, and optionally the unpooled output of sta
     python study/extract_features.py efficientnet_lite2 260 --data-root ../shared/coco-mini --out study-cache/
     python study/extract_features.py efficientnet_lite0 224 --keep-stage 4 --no-amp   # stage-4 maps, float32
 
-Runs in bfloat16 with channels_last where the CPU computes bfloat16 natively (loops.inference_settings).
+Runs in bfloat16 with channels_last where the CPU computes bfloat16 natively (runtime.inference_settings).
 """
 import argparse
 import sys
@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataset  # noqa: E402
-import loops  # noqa: E402
+import runtime  # noqa: E402
 import models  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     dirs = dataset.course_dirs(args.data_root)
     net = models.build_model(args.model, pretrained=True).eval()
     device = torch.device("cpu")
-    amp_dtype, channels_last = loops.inference_settings(device, enabled=not args.no_amp)
+    amp_dtype, channels_last = runtime.inference_settings(device, enabled=not args.no_amp)
     net.to(memory_format=torch.channels_last if channels_last else torch.preserve_format)
     preset = dataset.EvalPreset(image_size=args.image_size, mean=net.spec.mean, std=net.spec.std, mode=args.mode)
     k = args.keep_stage or len(net.stages)
@@ -40,10 +40,10 @@ def main() -> None:
                         ("test", dataset.COCOTestImageDataset(dirs["test_images"], transform=preset))):
         pooled, pooled_flip, feats = [], [], []
         start = time.perf_counter()
-        with torch.inference_mode(), loops._autocast(device, amp_dtype):
+        with torch.inference_mode(), runtime.autocast(device, amp_dtype):
             for images, _ in torch.utils.data.DataLoader(data, batch_size=64, num_workers=1):
                 for flip in (False, True):
-                    stage_out = net.features_until(k, loops._to_device(images.flip(-1) if flip else images,
+                    stage_out = net.features_until(k, runtime.to_device(images.flip(-1) if flip else images,
                                                                        device, channels_last))
                     final = stage_out
                     for stage in net.stages[k:]:

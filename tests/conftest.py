@@ -1,4 +1,5 @@
 """Shared fixtures: the project root on sys.path and a small synthetic dataset in the course layout."""
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 COCO_MINI = ROOT.parent / "shared" / "coco-mini"
+
+# A tiny, fast recipe for the mechanics tests (resume, checkpoints, freezing, caching): what they check does not
+# need a model that learns well, only one that runs the same code paths.
+TINY = dict(model="shufflenet_v2_x0_5", pretrained=False, image_size=32, batch_size=16, epochs=3, lr=3e-3,
+            max_train_images=96, val_fraction=0.25, num_workers=0, progress=False, deterministic=True,
+            head_dropout=0.1)
+
+
+def cli_env(**extra):
+    """Environment of a command-line subprocess: this checkout importable, one thread (see one_thread)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,9 @@ from torch import nn
 import models
 from models import (
     DEFAULT_MODEL, MODEL_SPECS, PRIOR_FLOOR, AsymmetricLoss, MultiLabelBCELoss, MultiLabelNet,
-    PretrainedWeightsUnavailable, build_loss, build_model, count_parameters, freeze_backbone, get_spec,
-    list_models, make_head, param_groups, set_frozen_bn_eval, set_head_prior, trainable_stage_count,
-    unfreeze_all, unfreeze_last_stages, weights_cache_dir,
+    PretrainedWeightsUnavailable, build_loss, build_model, count_parameters, get_spec,
+    list_models, make_head, param_groups, set_frozen_bn_eval, set_head_prior,
+    unfreeze_last_stages, weights_cache_dir,
 )
 
 ISSUE_ZOO = [
@@ -322,16 +322,14 @@ def test_freezing_by_stage_and_frozen_stages_stay_in_eval_mode():
     model = build_model("resnet18", pretrained=False)
     x = torch.randn(4, 3, 32, 32)
 
-    freeze_backbone(model)
+    unfreeze_last_stages(model, 0)  # head only
     assert _stage_flags(model) == [False] * 5
     assert all(p.requires_grad for p in model.head.parameters())
-    assert trainable_stage_count(model) == 0
     assert count_parameters(model) == {"total": sum(p.numel() for p in model.parameters()),
                                        "trainable": 512 * 80 + 80}
 
     unfreeze_last_stages(model, 2)
     assert _stage_flags(model) == [False, False, False, True, True]
-    assert trainable_stage_count(model) == 2
     model.eval()
     model.train()
     assert [stage.training for stage in model.stages] == [False, False, False, True, True]
@@ -349,8 +347,8 @@ def test_freezing_by_stage_and_frozen_stages_stay_in_eval_mode():
     set_frozen_bn_eval(model)
     assert not model.stages[0].training and model.stages[4].training
 
-    unfreeze_all(model)
-    assert _stage_flags(model) == [True] * 5 and trainable_stage_count(model) == 5
+    unfreeze_last_stages(model, 5)  # everything
+    assert _stage_flags(model) == [True] * 5
     assert all(stage.training for stage in model.stages)
     assert count_parameters(model)["trainable"] == count_parameters(model)["total"]
     for n in (-1, 6):
@@ -388,7 +386,7 @@ def test_param_groups_split_lrs_and_exempt_norms_and_biases_from_decay():
     assert all(not p.requires_grad for p in model.stages[0].parameters())
     torch.optim.AdamW(groups)   # accepted as is
 
-    freeze_backbone(model)
+    unfreeze_last_stages(model, 0)
     assert [g["name"] for g in param_groups(model, lr=1e-3, weight_decay=0.05)] == ["head_decay", "head_no_decay"]
 
 

@@ -16,8 +16,11 @@ from torchvision.transforms import functional as TF
 import pipeline
 from dataset import (COCOTestImageDataset, COCOTrainImageDataset, EvalPreset, TrainPreset, TransformSubset,
                      course_dirs, load_rgb)
+import bench
+import runtime
 from pipeline import (BatchLoader, CachedImageDataset, DeviceLoader, ImageCache, batch_transform, cache_dataset,
-                      epoch_seed, make_loader, pack_images)
+                      make_loader, pack_images)
+from runtime import epoch_seed
 
 # pipeline.py silences torchvision 0.29's deprecation of decode_jpeg for normal runs; pytest resets filters
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -159,11 +162,13 @@ def test_gpu_path_on_cpu_equals_the_dataloader_path(demo_root, mode):
     indices = np.arange(10, 110)
     preset = TrainPreset(image_size=80, **NORM)
     fast = make_loader(TransformSubset(cached, indices, preset), batch_size=32, device="cpu", train=True,
-                       shuffle=False, seed=5, mode="gpu")
+                       seed=5, mode="gpu")
     assert isinstance(fast, BatchLoader) and len(fast) == 3  # drop_last: 100 // 32
-    random.seed(epoch_seed(5, 0))  # the per-image path draws the same parameters in the same order
-    plain = DataLoader(TransformSubset(dataset, indices, preset), batch_size=32, drop_last=True)
+    plain = make_loader(TransformSubset(dataset, indices, preset), batch_size=32, device="cpu", train=True, seed=5,
+                        mode="workers", num_workers=0)
+    assert isinstance(plain, DeviceLoader) and len(plain) == 3
     batches = list(fast)
+    random.seed(epoch_seed(5, 0))  # the per-image path draws the same parameters in the same shuffled order
     assert len(batches) == 3
     for (images, targets), (expected_images, expected_targets) in zip(batches, plain):
         assert torch.equal(images, expected_images) and torch.equal(targets, expected_targets)
@@ -194,7 +199,7 @@ def test_make_loader_chooses_and_refuses_paths(demo_root):
     preset = EvalPreset(image_size=96, **NORM)
     subset = TransformSubset(dataset, np.arange(40), preset)
     loader = make_loader(subset, batch_size=16, device="cpu", train=False, channels_last=True)
-    assert isinstance(loader, DeviceLoader) and loader.loader.num_workers == pipeline.auto_loader_settings("cpu")[
+    assert isinstance(loader, DeviceLoader) and loader.loader.num_workers == runtime.loader_settings("cpu")[
         "num_workers"]
     images, targets = next(iter(loader))
     assert images.is_contiguous(memory_format=torch.channels_last) and len(loader) == 3
@@ -204,10 +209,21 @@ def test_make_loader_chooses_and_refuses_paths(demo_root):
     # any other dataset (e.g. precomputed features) takes the DataLoader path
     features = torch.utils.data.TensorDataset(torch.randn(10, 4), torch.ones(10, 80))
     assert len(make_loader(features, batch_size=4, device="cpu", train=True)) == 2
-    assert pipeline.auto_loader_settings("cpu", n_cpus=2)["num_workers"] == 0
-    assert pipeline.auto_loader_settings("cpu", n_cpus=16)["num_workers"] == 4
-    assert pipeline.auto_loader_settings("cuda", n_cpus=16) == {
+    assert runtime.loader_settings("cpu", n_cpus=2)["num_workers"] == 0
+    assert runtime.loader_settings("cpu", n_cpus=16)["num_workers"] == 4
+    assert runtime.loader_settings("cuda", n_cpus=16) == {
         "num_workers": 8, "pin_memory": True, "persistent_workers": True, "prefetch_factor": 4}
+
+
+def test_epoch_sampler_depends_only_on_seed_and_epoch():
+    first, second = pipeline.EpochShuffleSampler(50, seed=3), pipeline.EpochShuffleSampler(50, seed=3)
+    first.set_epoch(0)
+    list(first)
+    first.set_epoch(4)
+    second.set_epoch(4)
+    assert list(first) == list(second) and sorted(first) == list(range(50))
+    second.set_epoch(5)
+    assert list(first) != list(second)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +249,7 @@ def test_bench_prints_one_json_object_with_the_required_keys(tmp_path, monkeypat
     built = []
     monkeypatch.setattr(models, "build_model", lambda name, pretrained=True, **kw: built.append(
         (name, pretrained)) or TinyNet())
-    status = pipeline.bench_main(["--device", "cpu", "--json", "--images", "100", "--test-images", "40",
+    status = bench.bench_main(["--device", "cpu", "--json", "--images", "100", "--test-images", "40",
                                   "--batch-size", "16", "--image-size", "96", "--max-seconds", "1",
                                   "--work-dir", str(tmp_path), "--model", "shufflenet_v2_x1_0"])
     printed = json.loads(capsys.readouterr().out)  # exactly one JSON object on stdout

@@ -1,0 +1,105 @@
+"""What a :class:`config.Config` builds: the network, the transform presets, the loss, the optimiser and its
+learning-rate schedule, and which stages train in which epoch.
+
+Every part of the project that trains or rebuilds a model asks these functions (the run engine, head training
+on cached features, the notebook's figures), so a recipe means the same thing everywhere.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+import dataset
+import models
+from config import Config
+
+__all__ = ["build_net", "presets_for", "build_criterion", "set_trainable", "build_optimizer", "make_scheduler",
+           "drop_last", "steps_per_epoch"]
+
+
+def build_net(config: Config, num_classes: int = dataset.NUM_CLASSES, pretrained: bool | None = None):
+    """The network ``config`` describes (``models.build_model`` with the config's head settings)."""
+    return models.build_model(config.model, num_classes=num_classes,
+                              pretrained=config.pretrained if pretrained is None else pretrained,
+                              dropout=config.head_dropout, hidden_dim=config.head_hidden, pool_mode=config.pool)
+
+
+def presets_for(config: Config) -> tuple[dataset.TrainPreset, dataset.EvalPreset]:
+    """(training augmentation, evaluation transform) of a run with ``config``, at its input size and with the
+    normalisation its pretrained weights expect."""
+    spec = models.get_spec(config.model)
+    image_size = config.image_size or spec.input_size
+    train_tf = dataset.TrainPreset(image_size=image_size, mean=spec.mean, std=spec.std,
+                                   scale=(config.crop_scale_min, 1.0), color_jitter=config.color_jitter)
+    eval_tf = dataset.EvalPreset(image_size=image_size, mean=spec.mean, std=spec.std)
+    return train_tf, eval_tf
+
+
+def build_criterion(config: Config, train_targets: np.ndarray) -> torch.nn.Module:
+    """The loss of ``config``; ``pos_weight`` (BCE only) = negatives / positives per class of the training split."""
+    pos_weight = None
+    if config.pos_weight:
+        positives = train_targets.sum(axis=0)
+        pos_weight = (len(train_targets) - positives) / np.maximum(positives, 1.0)
+    return models.build_loss(config.loss, pos_weight=pos_weight, gamma_pos=config.gamma_pos,
+                             gamma_neg=config.gamma_neg, clip=config.asl_clip)
+
+
+def set_trainable(net, config: Config, epoch: int) -> str:
+    """Make trainable what ``config`` trains in ``epoch``: the head alone during the first ``freeze_epochs``,
+    then the head and the last ``unfreeze_stages`` stages (default: every stage not in the feature cache).
+    Returns a short description ("head only", "head + last 2/5 stages")."""
+    n_stages = len(net.stages)
+    trainable = n_stages - config.cache_stages  # cached stages never train
+    if config.unfreeze_stages is not None:
+        if config.unfreeze_stages > trainable:
+            raise ValueError(f"Config.unfreeze_stages={config.unfreeze_stages} but {config.model} has {n_stages} "
+                             f"stages, {config.cache_stages} of them cached")
+        trainable = config.unfreeze_stages
+    if epoch < config.freeze_epochs:
+        trainable = 0
+    models.unfreeze_last_stages(net, trainable)
+    return "head only" if trainable == 0 else f"head + last {trainable}/{n_stages} stages"
+
+
+def build_optimizer(net, config: Config) -> torch.optim.AdamW:
+    """AdamW over every parameter that may ever train in this run (frozen ones get no gradient, hence no
+    update), so that its state and the schedule keep one shape across the unfreeze milestone. Leaves the
+    network as epoch 0 trains it."""
+    set_trainable(net, config.replace(freeze_epochs=0), epoch=0)
+    optimizer = torch.optim.AdamW(models.param_groups(net, lr=config.lr, weight_decay=config.weight_decay,
+                                                      backbone_lr_mult=config.backbone_lr_mult))
+    set_trainable(net, config, epoch=0)
+    return optimizer
+
+
+def drop_last(n_train: int, batch_size: int) -> bool:
+    """Whether training batches drop the incomplete last one. A last batch of 1-2 images gives BatchNorm
+    useless statistics and a noisy step; it is kept when the split is smaller than one batch, so tiny
+    experiments still train."""
+    return n_train > batch_size
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimiser steps per epoch for ``n_train`` training images."""
+    return n_train // batch_size if drop_last(n_train, batch_size) else 1
+
+
+def make_scheduler(optimizer, peak_lrs: Sequence[float], config: Config, steps_per_epoch: int, epoch: int):
+    """OneCycleLR (peak ``peak_lrs``) over the phase holding ``epoch``, or None for a constant rate.
+
+    Without a frozen phase one cycle spans the run. With ``freeze_epochs`` the head-only epochs get their own
+    cycle and the unfrozen rest a fresh one (as fastai's ``fine_tune``): one long cycle would reach its peak
+    while only the head trains and meet the newly unfrozen layers at an arbitrary point of its descent.
+    """
+    if config.scheduler != "onecycle":
+        return None
+    frozen = min(config.freeze_epochs, config.epochs)
+    if frozen == 0 or frozen == config.epochs:
+        phase_epochs = config.epochs
+    else:
+        phase_epochs = frozen if epoch < frozen else config.epochs - frozen
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=list(peak_lrs),
+                                               total_steps=phase_epochs * steps_per_epoch, pct_start=config.pct_start)

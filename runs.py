@@ -1,0 +1,586 @@
+"""A training run from start to finish, and its folder: :func:`fit`, :func:`load_run`, :func:`predict_run`.
+
+:func:`fit` reads as its steps: the data and its split, the model, the inputs (images, or a feature cache),
+the loss, optimiser and schedule, a restored checkpoint when resuming, the epochs, and the finish. Each step is
+a function of its own below.
+
+The run folder is the interface: whatever the notebook, the reports and ``predict`` need from a run is written
+there once, by :func:`fit`, and read back, never recomputed::
+
+    runs/<timestamp>-<name>/
+        config.json          the Config (dataclasses.asdict)
+        split.json           training and validation stems
+        metrics.csv          one row per epoch (train/..., val/... columns)
+        tb/                  TensorBoard events (namespaced scalars and the course's graphs)
+        last.pt, best.pt     checkpoints (model, optimiser, scheduler, scaler, EMA, RNG states, thresholds, ...)
+        thresholds.json      the tuned thresholds of best.pt
+        val_outputs.npz      validation probabilities and targets of the model in best.pt (what it was tuned on)
+        summary.json         status, best epoch, timings, hardware
+        final.pt, oof.npz, cross_fit.json     cross-fitted runs (Config.cross_fit_folds)
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import datetime as dt
+import io
+import math
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import dataset
+import features
+import files
+import metrics
+import models
+import pipeline
+import recipe
+from config import RESUME_MUTABLE, Config
+from engine import ModelEma, evaluate, predict, train_one_epoch, update_graphs
+from runtime import (amp_settings, determinism, epoch_seed, hardware_info, resolve_device, rng_state,
+                     seed_everything, set_rng_state)
+
+__all__ = ["fit", "load_run", "predict_run", "resolve_checkpoint", "save_checkpoint", "load_checkpoint",
+           "read_history", "CSV_COLUMNS"]
+
+CSV_COLUMNS = ("epoch", "lr", "train/loss", "train/f1@0.5", "val/loss", "val/f1", "val/f1@0.5", "val/precision",
+               "val/recall", "val/map", "val/accuracy", "time_s")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files of a run
+# ----------------------------------------------------------------------------------------------------------
+def save_checkpoint(path, state: Mapping) -> Path:
+    """``torch.save(state)`` to ``path`` atomically (files.write_atomic)."""
+    return files.write_atomic(path, lambda file: torch.save(dict(state), file))
+
+
+def load_checkpoint(path) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU.
+
+    ``weights_only=False`` because our checkpoints hold NumPy/Python RNG states and plain dicts that the
+    restricted unpickler rejects; that unpickler exists to guard against *foreign* files, which can run code
+    when loaded: only load checkpoints you (or this project) wrote.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _write_history(path: Path, rows: Sequence[Mapping]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    files.write_text(path, text.getvalue())
+
+
+def read_history(run_dir) -> list[dict]:
+    """The rows of a run's ``metrics.csv`` (none if it has no finished epoch yet)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as file:
+        return [{key: (int(value) if key == "epoch" else float(value)) for key, value in row.items()}
+                for row in csv.DictReader(file)]
+
+
+def _write_val_outputs(path: Path, probs, targets, stems: Sequence[str], epoch: int) -> None:
+    def write(file):
+        np.savez_compressed(file, probs=np.asarray(probs, dtype=np.float32), targets=np.asarray(targets) > 0.5,
+                            stems=np.asarray(stems), epoch=np.int64(epoch))
+    files.write_atomic(path, write)
+
+
+def _new_run_dir(config: Config) -> Path:
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = config.run_name or config.model
+    for attempt in range(1, 1000):  # two runs started within one second get -2, -3, ...
+        run_dir = out_dir / (f"{stamp}-{name}" if attempt == 1 else f"{stamp}-{name}-{attempt}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a new run folder in {out_dir}")
+
+
+def resolve_checkpoint(run_dir, which: str = "auto") -> str:
+    """``auto``: ``final`` where the run was cross-fitted (final.pt exists), else ``best``."""
+    if which not in ("auto", "final", "best", "last"):
+        raise ValueError(f"which must be 'auto', 'final', 'best' or 'last', got {which!r}")
+    if which == "auto":
+        return "final" if (Path(run_dir) / "final.pt").is_file() else "best"
+    return which
+
+
+def load_run(run_dir, which: str = "best"):
+    """``(model, config, thresholds)`` of a run folder's ``best``, ``last`` or ``final`` (cross-fitted) checkpoint
+    (``auto``: see :func:`resolve_checkpoint`), model in eval mode.
+
+    The model carries the weights that were evaluated (the EMA weights when the run used an EMA), so the
+    stored thresholds fit it; ``thresholds`` is a ``metrics.ThresholdResult``. No pretrained download needed.
+    """
+    run_dir = Path(run_dir)
+    which = resolve_checkpoint(run_dir, which)
+    checkpoint = load_checkpoint(run_dir / f"{which}.pt")
+    config = Config.from_dict(checkpoint["config"])
+    class_names = list(checkpoint["class_names"])
+    if class_names != list(dataset.CLASSES):
+        raise ValueError(f"{run_dir / (which + '.pt')}: its class names differ from dataset.CLASSES")
+    model = recipe.build_net(config, num_classes=len(class_names), pretrained=False)  # weights come from the file
+    weights = checkpoint["ema"]["module"] if checkpoint.get("ema") else checkpoint["model"]
+    model.load_state_dict(weights)
+    model.eval()
+    return model, config, metrics.ThresholdResult.from_dict(checkpoint["thresholds"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fit, step by step
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Inputs:
+    """What the epochs read: a training loader (``set_epoch`` before each epoch), one validation loader per
+    evaluation view (their probabilities are averaged), the module that trains, and how it is evaluated."""
+
+    train_loader: Any
+    val_loaders: list
+    train_module: nn.Module
+    channels_last: bool
+    tta_hflip: bool  # flip TTA inside evaluate (image inputs; a feature cache holds the mirror view instead)
+    description: str
+    cache: features.FeatureCache | None = None
+
+    def eval_module(self, net: nn.Module) -> nn.Module:
+        return features.Tail(net, self.cache.k) if self.cache is not None else net
+
+
+@dataclass
+class Training:
+    """The loss, optimiser, schedule and precision of a run."""
+
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    peak_lrs: list
+    scheduler: Any
+    scaler: Any
+    amp_dtype: Any
+    ema: ModelEma | None
+
+
+@dataclass
+class Progress:
+    """Where a run stands: finished epochs, the selection of the best one, optimiser steps taken."""
+
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    global_step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_thresholds: dict | None = None
+    bad_epochs: int = 0
+
+    def selection(self, metric: str) -> dict:
+        return {"metric": metric, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "best_thresholds": self.best_thresholds}
+
+
+def _resume_config(run_dir: Path, checkpoint: Mapping, config: Config | None) -> Config:
+    saved = Config.from_dict(checkpoint["config"])
+    if config is None:
+        return saved
+    changed = [f.name for f in fields(Config)
+               if f.name not in RESUME_MUTABLE and getattr(config, f.name) != getattr(saved, f.name)]
+    if changed:
+        details = ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(config, name)!r}" for name in changed)
+        raise ValueError(f"cannot resume {run_dir} with a different configuration ({details}); only "
+                         f"{', '.join(RESUME_MUTABLE)} may change")
+    return config
+
+
+def _load_data(config: Config) -> tuple[Config, dataset.COCOTrainImageDataset]:
+    """The labelled images; the config records where they were found, so resume and predict work anywhere."""
+    data_root = dataset.find_data_root(config.data_root)
+    if data_root is None:
+        raise FileNotFoundError("no course data: pass data_root (--data-root), set $MSCOCO_ROOT, or put the "
+                                "data in ./ms-coco (python -m synthetic ms-coco makes a demo dataset)")
+    config = config.replace(data_root=str(data_root))
+    dirs = dataset.course_dirs(data_root)
+    return config, dataset.COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"],
+                                                 max_images=config.max_train_images)
+
+
+def _split(config: Config, full, run_dir: Path | None, checkpoint) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A new run's folder with its config and split, or the resumed run's split."""
+    if run_dir is not None:
+        train_idx, val_idx = dataset.load_split(run_dir / checkpoint["split"], full.stems)
+        return run_dir, train_idx, val_idx
+    train_idx, val_idx = dataset.split_train_val(full.targets, config.val_fraction, config.split_seed,
+                                                 config.stratify)
+    run_dir = _new_run_dir(config)
+    files.write_json(run_dir / "config.json", config.to_dict())
+    dataset.save_split(run_dir / "split.json", full.stems, train_idx, val_idx, data_root=config.data_root,
+                       seed=config.split_seed, val_fraction=config.val_fraction)
+    return run_dir, train_idx, val_idx
+
+
+def _cached_inputs(config: Config, net, full, train_idx, val_idx, device) -> Inputs:
+    """Inputs of a feature-cache run: ``stages[:k]`` computed once per view, the rest trains on the cache."""
+    k = config.cache_stages
+    if k > len(net.stages):  # k == len(stages): the whole backbone is cached and only the head trains
+        raise ValueError(f"Config.cache_stages={k} exceeds the {len(net.stages)} stages of {config.model}")
+    train_tf, eval_tf = recipe.presets_for(config)
+    cache = features.FeatureCache(net, k, full, config, device,
+                                  train_views=features.train_views(eval_tf, train_tf, config.cache_views),
+                                  eval_views=features.eval_views(eval_tf, config.tta_hflip)).build(train_idx, val_idx)
+    train_set = features.FeatureBank(cache.train, full.targets[train_idx])
+    val_sets = [features.FeatureBank(cache.val, full.targets[val_idx], view=v) for v in range(cache.val.shape[0])]
+    # in memory: no workers needed
+    train_loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
+                                        drop_last=recipe.drop_last(len(train_set), config.batch_size),
+                                        seed=config.seed, mode="workers", num_workers=0)
+    val_loaders = [pipeline.make_loader(val_set, batch_size=config.batch_size * 2, device=device, train=False,
+                                        mode="workers", num_workers=0) for val_set in val_sets]
+    return Inputs(train_loader, val_loaders, features.Tail(net, k), channels_last=False, tta_hflip=False,
+                  description="DataLoader over the feature cache", cache=cache)
+
+
+def _image_inputs(config: Config, full, train_idx, val_idx, device) -> Inputs:
+    """Inputs of a run on images: the gpu path (cached JPEG bytes decoded and augmented on the device) on
+    CUDA by default, DataLoader workers elsewhere."""
+    gpu_path = config.loader == "gpu" or (config.loader == "auto" and device.type == "cuda")
+    cache_mode = config.image_cache
+    if cache_mode == "auto" or (cache_mode == "none" and gpu_path):  # the gpu path needs the images cached
+        cache_mode = "jpeg" if gpu_path else "none"
+    source = full
+    if cache_mode != "none":
+        # One file per data folder and mode, reused by later runs (a stale one is rebuilt by pipeline).
+        cache_file = Path(config.out_dir) / "image-cache" / f"{full.img_dir.resolve().parents[1].name}-{cache_mode}.pt"
+        source = pipeline.cache_dataset(full, cache_mode, path=cache_file, device=device)
+    train_tf, eval_tf = recipe.presets_for(config)
+    channels_last = config.channels_last and device.type == "cuda"
+    mode = "gpu" if gpu_path else "workers"
+    train_set = dataset.TransformSubset(source, train_idx, train_tf)
+    train_loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
+                                        drop_last=recipe.drop_last(len(train_set), config.batch_size),
+                                        seed=config.seed, mode=mode, num_workers=config.num_workers,
+                                        channels_last=channels_last)
+    val_loader = pipeline.make_loader(dataset.TransformSubset(source, val_idx, eval_tf),
+                                      batch_size=config.batch_size * 2, device=device, train=False, mode=mode,
+                                      num_workers=config.num_workers, channels_last=channels_last)
+    description = pipeline.loader_description(train_loader) if gpu_path else "DataLoader"
+    return Inputs(train_loader, [val_loader], None, channels_last=channels_last, tta_hflip=config.tta_hflip,
+                  description=description)
+
+
+def _inputs(config: Config, net, full, train_idx, val_idx, device) -> Inputs:
+    if config.cross_fit_folds and (config.cache_stages != len(net.stages) or config.freeze_epochs
+                                   or config.unfreeze_stages):
+        raise ValueError(f"Config.cross_fit_folds={config.cross_fit_folds} trains heads only: it needs "
+                         f"cache_stages={len(net.stages)} (the whole {config.model} backbone cached) and no "
+                         f"freeze_epochs/unfreeze_stages; got cache_stages={config.cache_stages}")
+    if config.cache_stages > 0:
+        inputs = _cached_inputs(config, net, full, train_idx, val_idx, device)
+    else:
+        inputs = _image_inputs(config, full, train_idx, val_idx, device)
+        inputs.train_module = net
+    print(f"input: {inputs.description}", flush=True)
+    if config.compile:
+        inputs.train_module = torch.compile(inputs.train_module)
+    return inputs
+
+
+def _training(config: Config, net, inputs: Inputs, train_targets, device, start_epoch: int) -> Training:
+    criterion = recipe.build_criterion(config, train_targets).to(device)
+    optimizer = recipe.build_optimizer(net, config)
+    peak_lrs = [group["lr"] for group in optimizer.param_groups]
+    # The schedule of the last completed epoch's phase: a resumed run loads its saved state into it.
+    scheduler = recipe.make_scheduler(optimizer, peak_lrs, config, len(inputs.train_loader), max(start_epoch - 1, 0))
+    amp_dtype, scaler = amp_settings(device, config.amp)
+    ema = ModelEma(net, config.ema_decay) if config.ema_decay > 0 else None
+    return Training(criterion, optimizer, peak_lrs, scheduler, scaler, amp_dtype, ema)
+
+
+def _restore(run_dir: Path, checkpoint, net, training: Training) -> Progress:
+    """The state of the last finished epoch of a resumed run (a fresh Progress for a new run)."""
+    if checkpoint is None:
+        return Progress()
+    net.load_state_dict(checkpoint["model"])
+    training.optimizer.load_state_dict(checkpoint["optimizer"])
+    if training.scheduler is not None:
+        training.scheduler.load_state_dict(checkpoint["scheduler"])
+    if training.scaler is not None and checkpoint.get("scaler"):
+        training.scaler.load_state_dict(checkpoint["scaler"])
+    if training.ema is not None:
+        training.ema.load_state_dict(checkpoint["ema"])
+    set_rng_state(checkpoint["rng"])
+    start_epoch = int(checkpoint["epoch"])
+    selection = checkpoint["selection"]
+    print(f"resuming after epoch {start_epoch}/{checkpoint['config']['epochs']}", flush=True)
+    return Progress(start_epoch=start_epoch, global_step=int(checkpoint["global_step"]),
+                    history=[row for row in read_history(run_dir) if row["epoch"] <= start_epoch],
+                    best_score=selection["best_score"], best_epoch=selection["best_epoch"],
+                    bad_epochs=selection["bad_epochs"], best_thresholds=selection["best_thresholds"])
+
+
+def _score(row: Mapping, select_metric: str) -> float:
+    value = {"f1": row["val/f1"], "map": row["val/map"], "loss": -row["val/loss"]}[select_metric]
+    return value if math.isfinite(value) else -math.inf
+
+
+def _validate(config: Config, net, inputs: Inputs, training: Training, device, desc: str):
+    """(probabilities averaged over the evaluation views, targets, loss) of the validation split."""
+    eval_net = training.ema.module if training.ema is not None else net
+    module = inputs.eval_module(eval_net)
+    outs = [evaluate(module, loader, device, criterion=training.criterion, amp_dtype=training.amp_dtype,
+                     channels_last=inputs.channels_last, tta_hflip=inputs.tta_hflip, progress=config.progress,
+                     desc=desc)
+            for loader in inputs.val_loaders]
+    return torch.stack([out["probs"] for out in outs]).mean(dim=0), outs[0]["targets"], outs[0]["loss"]
+
+
+def _epoch_row(epoch: int, train: Mapping, probs, val_targets, val_loss: float, thresholds, started: float):
+    tuned = metrics.leaderboard_scores(thresholds.apply(probs), val_targets, warn=False)
+    at_half = metrics.leaderboard_scores(probs > 0.5, val_targets, warn=False)
+    train_at_half = metrics.leaderboard_scores(train["probs"] > 0.5, train["targets"], warn=False)
+    row = {"epoch": epoch + 1, "lr": train["lr"], "train/loss": train["loss"], "train/f1@0.5": train_at_half["f1"],
+           "val/loss": val_loss, "val/f1": tuned["f1"], "val/f1@0.5": at_half["f1"],
+           "val/precision": tuned["precision"], "val/recall": tuned["recall"],
+           "val/map": metrics.mean_average_precision(probs, val_targets), "val/accuracy": tuned["accuracy"],
+           "time_s": time.perf_counter() - started}
+    return row, train_at_half, at_half
+
+
+def _log_epoch(writer, row, train, train_at_half, at_half, probs, val_targets, class_graphs: bool) -> None:
+    """Namespaced scalars (train/loss, val/f1, ...) plus the course's graphs, where train and validation are
+    both thresholded at 0.5 (comparable with each other; the tuned F1 is ``val/f1``)."""
+    step = row["epoch"]
+    for key in CSV_COLUMNS[1:]:
+        writer.add_scalar(key, row[key], step)
+    keys = ("f1", "precision", "recall", "accuracy")
+    train_results = {"loss": row["train/loss"], **{key: train_at_half[key] for key in keys}}
+    test_results = {"loss": row["val/loss"], **{key: at_half[key] for key in keys}}
+    train_class = test_class = None
+    if class_graphs:
+        train_class = metrics.per_class_table(train["probs"], train["targets"], 0.5)
+        test_class = metrics.per_class_table(probs, val_targets, 0.5)
+    update_graphs(writer, step - 1, train_results, test_results, train_class, test_class)
+
+
+def _checkpoint_state(config: Config, net, training: Training, progress: Progress, epoch: int, row, thresholds):
+    return {
+        "model": net.state_dict(), "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict() if training.scheduler is not None else None,
+        "scaler": training.scaler.state_dict() if training.scaler is not None else None,
+        "ema": training.ema.state_dict() if training.ema is not None else None,
+        "epoch": epoch + 1, "global_step": progress.global_step, "config": config.to_dict(),
+        "thresholds": thresholds.to_dict(), "class_names": list(dataset.CLASSES), "metrics": row,
+        "rng": rng_state(), "split": "split.json", "selection": progress.selection(config.select_metric),
+    }
+
+
+def _epochs(config: Config, run_dir: Path, device, net, inputs: Inputs, training: Training, progress: Progress,
+            val_stems, stop_after_epochs: int | None) -> str:
+    """Train, validate, tune, log and checkpoint every remaining epoch; returns the run's status."""
+    from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
+
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.start_epoch + 1 if progress.start_epoch else None)
+    try:
+        for epoch in range(progress.start_epoch, config.epochs):
+            epoch_start = time.perf_counter()
+            seed_everything(epoch_seed(config.seed, epoch))  # augmentation and dropout, independent of history
+            inputs.train_loader.set_epoch(epoch)
+            trains = recipe.set_trainable(net, config, epoch)
+            if epoch > 0 and epoch == config.freeze_epochs:  # unfreeze milestone: a fresh cycle for the rest
+                training.scheduler = recipe.make_scheduler(training.optimizer, training.peak_lrs, config,
+                                                           len(inputs.train_loader), epoch)
+            label = f"epoch {epoch + 1}/{config.epochs}"
+            train = train_one_epoch(inputs.train_module, inputs.train_loader, training.criterion, training.optimizer,
+                                    device, scheduler=training.scheduler, scaler=training.scaler,
+                                    amp_dtype=training.amp_dtype, grad_clip=config.grad_clip, ema=training.ema,
+                                    channels_last=inputs.channels_last, collect_probs=True,
+                                    progress=config.progress, desc=f"{label} train")
+            progress.global_step += train["steps"]
+            probs, val_targets, val_loss = _validate(config, net, inputs, training, device, f"{label} val")
+            thresholds = metrics.tune_thresholds(probs, val_targets, **config.tuning_options())
+            row, train_at_half, at_half = _epoch_row(epoch, train, probs, val_targets, val_loss, thresholds,
+                                                     epoch_start)
+            progress.history.append(row)
+            score = _score(row, config.select_metric)
+            improved = score > progress.best_score
+            if improved:
+                progress.best_score, progress.best_epoch = score, epoch + 1
+                progress.best_thresholds, progress.bad_epochs = thresholds.to_dict(), 0
+            else:
+                progress.bad_epochs += 1
+            _log_epoch(writer, row, train, train_at_half, at_half, probs, val_targets, config.class_graphs)
+            _write_history(run_dir / "metrics.csv", progress.history)
+            state = _checkpoint_state(config, net, training, progress, epoch, row, thresholds)
+            if improved:
+                save_checkpoint(run_dir / "best.pt", state)
+                files.write_json(run_dir / "thresholds.json", thresholds.to_dict())
+                _write_val_outputs(run_dir / "val_outputs.npz", probs, val_targets, val_stems, epoch + 1)
+            save_checkpoint(run_dir / "last.pt", state)
+            tqdm.write(f"epoch {epoch + 1:3d}/{config.epochs}  {trains:<28s} lr {row['lr']:.2e}  "
+                       f"train loss {row['train/loss']:.4f}  val loss {row['val/loss']:.4f}  "
+                       f"F1 {row['val/f1']:.4f} (@0.5 {row['val/f1@0.5']:.4f})  mAP {row['val/map']:.4f}  "
+                       f"{row['time_s']:.0f}s{'  *best' if improved else ''}", file=sys.stdout)
+            if config.patience and progress.bad_epochs >= config.patience:
+                print(f"early stop: {config.select_metric} did not improve for {progress.bad_epochs} epochs",
+                      flush=True)
+                return "early_stopped"
+            if stop_after_epochs is not None and epoch + 1 >= stop_after_epochs and epoch + 1 < config.epochs:
+                return "stopped"
+    finally:
+        writer.close()
+    return "finished"
+
+
+def _finish(config: Config, run_dir: Path, device, net, inputs: Inputs, training: Training, progress: Progress,
+            status: str, initial_state, full, train_idx, val_idx, started: float) -> dict:
+    """Cross-fit (when asked and the run was not stopped early), write ``summary.json``, return the result."""
+    cross_fit = None
+    if config.cross_fit_folds and status != "stopped":
+        result = features.cross_fit(inputs.cache, initial_state, training.criterion, full.targets, train_idx, val_idx)
+        save_checkpoint(run_dir / "final.pt", {
+            "model": result.final_net.state_dict(), "ema": None, "epoch": config.epochs, "config": config.to_dict(),
+            "thresholds": result.thresholds.to_dict(), "class_names": list(dataset.CLASSES), "split": "split.json",
+            "metrics": {key: value for key, value in result.record.items() if key != "thresholds"}})
+        files.write_atomic(run_dir / "oof.npz", lambda file: np.savez_compressed(
+            file, probs=result.oof, targets=result.targets, stems=np.asarray(full.stems)[result.order],
+            folds=result.folds))
+        files.write_json(run_dir / "cross_fit.json", result.record)
+        cross_fit = result.record
+    history = progress.history
+    best_row = next((row for row in history if row["epoch"] == progress.best_epoch), None)
+    summary = {"status": status, "epochs_done": len(history), "epochs": config.epochs,
+               "select_metric": config.select_metric, "best_epoch": progress.best_epoch, "best": best_row,
+               "last": history[-1] if history else None, "time_s": time.perf_counter() - started,
+               "hardware": hardware_info(device), "model": config.model,
+               "parameters": models.count_parameters(net)["total"], "cross_fit": cross_fit}
+    files.write_json(run_dir / "summary.json", summary)
+    if status == "stopped":
+        print(f"stopped after epoch {len(history)}; resume with:  python -m loops train --resume {run_dir}", flush=True)
+    thresholds = progress.best_thresholds
+    return {"run_dir": run_dir, "status": status, "best_epoch": progress.best_epoch, "best": best_row,
+            "thresholds": metrics.ThresholdResult.from_dict(thresholds) if thresholds else None,
+            "history": history, "cross_fit": cross_fit}
+
+
+def _interrupted(run_dir: Path, config: Config) -> None:
+    if (run_dir / "last.pt").is_file():
+        done = load_checkpoint(run_dir / "last.pt")["epoch"]
+        print(f"\ninterrupted; {run_dir / 'last.pt'} holds epoch {done}/{config.epochs}.\n"
+              f"resume with:  python -m loops train --resume {run_dir}\n"
+              f"         or:  loops.fit(resume={str(run_dir)!r})", file=sys.stderr, flush=True)
+    else:
+        print(f"\ninterrupted before the first epoch ended: nothing to resume in {run_dir}", file=sys.stderr,
+              flush=True)
+
+
+def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | None = None) -> dict:
+    """Train a model as ``config`` says, into a new run folder; or continue the run folder ``resume``.
+
+    Every epoch: train, evaluate on the validation split, tune thresholds on its probabilities
+    (``metrics.tune_thresholds``), append a row to ``metrics.csv`` and TensorBoard, save ``last.pt``, and
+    ``best.pt`` (with ``thresholds.json`` and ``val_outputs.npz``) when ``config.select_metric`` improved.
+    Ctrl-C keeps the last completed epoch in ``last.pt`` and prints how to resume. ``stop_after_epochs=N`` stops
+    like Ctrl-C once N epochs are done (tests). A resumed run uses its saved config; a ``config`` given with
+    ``resume`` may change only ``device``, ``num_workers``, ``progress``, ``data_root`` and ``out_dir``.
+    Resuming reproduces the uninterrupted run bit for bit with ``deterministic=True``, ``num_workers=0``, the
+    same device and the same number of CPU threads (float sums are ordered differently with more threads);
+    otherwise it continues statistically equivalently (same schedule, same shuffling order, different last bits).
+
+    Returns a dict: ``run_dir``, ``status`` ("finished", "early_stopped" or "stopped"), ``best_epoch``,
+    ``best`` (that epoch's CSV row), ``thresholds`` (its ``ThresholdResult``), ``history`` (all rows),
+    ``cross_fit`` (the cross-fit record or None).
+    """
+    started = time.perf_counter()
+    checkpoint = run_dir = None
+    if resume is not None:
+        run_dir = Path(resume)
+        checkpoint = load_checkpoint(run_dir / "last.pt")
+        config = _resume_config(run_dir, checkpoint, config)
+    else:
+        config = (config or Config()).validate()
+    device = resolve_device(config.device)
+    with determinism(config.deterministic, device):
+        seed_everything(config.seed)
+        config, full = _load_data(config)
+        # The network comes before the run folder: missing pretrained weights leave no empty run behind.
+        net = recipe.build_net(config)
+        run_dir, train_idx, val_idx = _split(config, full, run_dir, checkpoint)
+        print(f"run folder: {run_dir}  ({len(train_idx)} training / {len(val_idx)} validation images, {device})",
+              flush=True)
+        try:
+            if config.prior_from_data:
+                models.set_head_prior(net, full.targets[train_idx].mean(axis=0))
+            channels_last = config.channels_last and device.type == "cuda"
+            net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+            # cross-fitting starts every head from here
+            initial_state = copy.deepcopy(net.state_dict()) if config.cross_fit_folds else None
+            inputs = _inputs(config, net, full, train_idx, val_idx, device)
+            start_epoch = int(checkpoint["epoch"]) if checkpoint is not None else 0
+            training = _training(config, net, inputs, full.targets[train_idx], device, start_epoch)
+            progress = _restore(run_dir, checkpoint, net, training)
+            val_stems = [full.stems[i] for i in val_idx]
+            status = _epochs(config, run_dir, device, net, inputs, training, progress, val_stems, stop_after_epochs)
+            return _finish(config, run_dir, device, net, inputs, training, progress, status, initial_state, full,
+                           train_idx, val_idx, started)
+        except KeyboardInterrupt:
+            _interrupted(run_dir, config)
+            raise
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Predictions for the test images
+# ----------------------------------------------------------------------------------------------------------
+def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", device: str | None = None,
+                batch_size: int | None = None, num_workers: int | None = None, progress: bool = True) -> dict:
+    """Predict the test images of ``data_root`` (default: the run's) with a run's checkpoint and its tuned
+    thresholds; write the JSON (validated against the test folder's stems) atomically to ``out_path``.
+
+    A run trained on a feature cache predicts through the same extraction (``features.predict_cached``), so its
+    thresholds fit the probabilities. Returns a summary dict: ``path``, ``images``, ``mean_labels``, ``empty``
+    (images with no label), ``global_threshold``, ``at_least_one``, ``checkpoint``.
+    """
+    which = resolve_checkpoint(run_dir, which)
+    model, config, thresholds = load_run(run_dir, which)
+    device = resolve_device(device or config.device)
+    root = dataset.find_data_root(data_root or config.data_root)
+    if root is None:
+        raise FileNotFoundError("no course data: pass --data-root, or set $MSCOCO_ROOT")
+    test_set = dataset.COCOTestImageDataset(dataset.course_dirs(root)["test_images"])
+    batch_size = batch_size or config.batch_size * 2
+    if config.cache_stages > 0:
+        model.to(device)
+        probs = features.predict_cached(model, config, test_set, device, batch_size=batch_size,
+                                        num_workers=num_workers, progress=progress)
+        stems = list(test_set.stems)
+    else:
+        _, eval_tf = recipe.presets_for(config)
+        test_set.transform = eval_tf
+        channels_last = config.channels_last and device.type == "cuda"
+        model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        loader = pipeline.make_loader(test_set, batch_size=batch_size, device=device, train=False, mode="workers",
+                                      num_workers=num_workers, channels_last=channels_last)
+        out = predict(model, loader, device, amp_dtype=amp_settings(device, config.amp)[0],
+                      channels_last=channels_last, tta_hflip=config.tta_hflip, progress=progress)
+        probs, stems = out["probs"], out["stems"]
+    preds = thresholds.apply(probs)
+    path = metrics.write_predictions(out_path, metrics.predictions_to_dict(stems, preds),
+                                     expected_stems=test_set.stems)
+    return {"path": str(path), "images": len(stems), "mean_labels": float(preds.sum(axis=1).mean()),
+            "empty": int((preds.sum(axis=1) == 0).sum()), "global_threshold": thresholds.global_threshold,
+            "at_least_one": thresholds.at_least_one, "checkpoint": f"{which}.pt"}
