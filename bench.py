@@ -1,10 +1,15 @@
-"""The benchmark: ``python -m loops bench``, images per second of each part of training on generated photos.
+"""The benchmark, ``python -m loops bench``: how fast each part of training runs here, on generated photos.
 
-Figures: the input pipeline alone, the training step alone (one batch already on the device), end to end, and
-inference; the end-to-end / step ratio says whether the input pipeline keeps up with the model. The training
-step and inference are ``engine.train_one_epoch`` and ``engine.predict``, the very code that trains and predicts.
+Two questions, two modes:
 
-    python -m loops bench [--model NAME] [--batch-size B] [--image-size S] [--device cpu|cuda] [--json]
+* ``python -m loops bench [--model NAME] [--device cpu|cuda] ...``: images per second of the input pipeline alone,
+  the training step alone (one batch already on the device), end to end, and inference; the end-to-end / step
+  ratio says whether the input pipeline keeps up with the model. The step and inference are
+  ``engine.train_one_epoch`` and ``engine.predict``, the very code that trains and predicts.
+* ``python -m loops bench --recipe NAME --images 500 2500``: whole runs of a preset (``runs.fit`` and
+  ``runs.predict_run``, in a fresh process per size so that its peak memory is its own) on generated JPEGs of
+  the course's size, the time of each phase and the peak resident memory, extrapolated to the course's
+  65,000 + 4,952 images. Beside it, what the run's own estimate (``costs.py``) says for the course's size.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,12 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import costs
 import models
+import recipe
+import runs
 import synthetic
+from config import PRESETS, config_from_preset
 from dataset import COCOTestImageDataset, COCOTrainImageDataset, EvalPreset, TrainPreset, TransformSubset, course_dirs
 from engine import predict, train_one_epoch
 from pipeline import CACHE_MODES, LOADER_MODES, CachedImageDataset, cache_dataset, loader_description, make_loader
-from runtime import amp_settings, cpu_count, peak_memory_bytes, seed_everything
+from runtime import amp_settings, cpu_count, peak_memory_bytes, resolve_device, seed_everything
 
 
 def _log(message: str) -> None:
@@ -288,6 +298,9 @@ def run_bench(args) -> dict:
 def bench_main(argv=None) -> int:
     """``python -m loops bench``: print the figures (a table, or one JSON object with ``--json``);
     returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--recipe" in argv:
+        return recipe_main(argv)
     args = _parse_bench_args(argv)
     result = run_bench(args)
     if args.json:
@@ -315,5 +328,143 @@ def bench_main(argv=None) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# Whole recipes at course scale
+# --------------------------------------------------------------------------------------------
+COURSE_TRAIN, COURSE_TEST = 65_000, 4_952
+_PHASES = (("features", "inputs_s"), ("epochs", "epochs_s"), ("cross-fit", "cross_fit_s"), ("predict", "predict_s"))
+
+
+def _test_images(n_train: int) -> int:
+    return max(20, round(n_train * COURSE_TEST / COURSE_TRAIN))
+
+
+def _recipe_config(recipe_name: str, data_root, out_dir, epochs: int | None):
+    overrides = {"data_root": str(data_root), "out_dir": str(out_dir), "progress": False}
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    return config_from_preset(recipe_name, **overrides)
+
+
+def _recipe_child(argv) -> int:
+    """One size, in its own process: a whole run and its predictions; one JSON object on stdout."""
+    parser = argparse.ArgumentParser(prog="python -m bench _recipe_child")
+    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    config = _recipe_config(args.recipe, args.data, args.out, args.epochs)
+    result = runs.fit(config)
+    predicted = runs.predict_run(result["run_dir"], Path(args.out) / "predictions.json", progress=False)
+    summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
+    print(json.dumps({"phases": {**summary["phases"], "predict_s": predicted["time_s"]},
+                      "wall_s": time.perf_counter() - start, "peak_rss_bytes": peak_memory_bytes(),
+                      "estimate": summary["estimate"], "epochs": config.epochs,
+                      "train_images": len(json.loads((Path(result["run_dir"]) / "split.json").read_text())["train"]),
+                      "best": summary["best"]}))
+    return 0
+
+
+def _linear(sizes, values, at: float) -> float:
+    """``values`` against ``sizes`` by least squares (a line through the origin for one size), at ``at``."""
+    sizes, values = np.asarray(sizes, dtype=float), np.asarray(values, dtype=float)
+    if len(sizes) == 1:
+        return float(values[0] * at / sizes[0])
+    slope, intercept = np.polyfit(sizes, values, 1)
+    return float(max(intercept + slope * at, 0.0))
+
+
+def recipe_main(argv) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loops bench --recipe NAME",
+        description="Time per phase and peak memory of whole runs of a preset on generated course-size photos, "
+                    "extrapolated to the course's 65,000 training + 4,952 test images.")
+    parser.add_argument("--recipe", required=True, choices=list(PRESETS))
+    parser.add_argument("--images", type=int, nargs="+", default=[500, 2500],
+                        help="labelled images per measured run (test images in the course's proportion); "
+                             "default: %(default)s")
+    parser.add_argument("--epochs", type=int,
+                        help="epochs per measured run, scaled to the preset's afterwards (default: the preset's for "
+                             "recipes on a feature cache, 1 for recipes that train on images)")
+    parser.add_argument("--work-dir", help="where generated images and runs are kept (default: a temp folder)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args(argv)
+    preset = config_from_preset(args.recipe)
+    epochs = args.epochs or (None if preset.cache_stages else 1)
+    measured = []
+    with tempfile.TemporaryDirectory(prefix="bench-recipe-") as tmp:
+        work = Path(args.work_dir or tmp)
+        for n_images in sorted(args.images):
+            data = make_bench_data(work, n_images, _test_images(n_images))
+            out = work / f"runs-{args.recipe}-{n_images}"
+            shutil.rmtree(out, ignore_errors=True)
+            _log(f"bench: {args.recipe} on {n_images:,} + {_test_images(n_images):,} generated images...")
+            command = [sys.executable, "-m", "bench", "_recipe_child", "--recipe", args.recipe, "--data", str(data),
+                       "--out", str(out)] + (["--epochs", str(epochs)] if epochs else [])
+            child = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent)
+            if child.returncode != 0:
+                _log(child.stderr[-3000:])
+                raise RuntimeError(f"bench: the {args.recipe} run on {n_images} images failed (exit {child.returncode})")
+            measured.append({"images": n_images, **json.loads(child.stdout.strip().splitlines()[-1])})
+        # what the run's own estimate says for the course's size, on this machine
+        config = _recipe_config(args.recipe, make_bench_data(work, min(args.images), _test_images(min(args.images))),
+                                work / "estimate", None)
+        source = COCOTrainImageDataset(*list(course_dirs(config.data_root).values())[:2])
+        n_val = round(COURSE_TRAIN * config.val_fraction)
+        course_estimate = costs.estimate(config, recipe.build_net(config), source, n_train=COURSE_TRAIN - n_val,
+                                         n_val=n_val, n_test=COURSE_TEST, device=resolve_device(config.device),
+                                         out_dir=work)
+    result = _recipe_summary(args.recipe, preset, measured, course_estimate)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_recipe(result)
+    return 0
+
+
+def _recipe_summary(name: str, preset, measured: list[dict], course_estimate) -> dict:
+    sizes = [m["images"] for m in measured]
+    rows = []
+    for m in measured:
+        scale = preset.epochs / m["epochs"]  # epochs and cross-fit heads scale with the epochs
+        seconds = {phase: m["phases"].get(key, 0.0) * (scale if phase in ("epochs", "cross-fit") else 1.0)
+                   for phase, key in _PHASES}
+        rows.append({"images": m["images"], "test_images": _test_images(m["images"]), "seconds": seconds,
+                     "total_s": sum(seconds.values()), "peak_rss_bytes": m["peak_rss_bytes"],
+                     "measured_epochs": m["epochs"], "estimate_total_s": m["estimate"]["total_s"] * (
+                         1.0 if m["epochs"] == preset.epochs else float("nan")),
+                     "estimate_peak_bytes": m["estimate"]["peak_bytes"]})
+    course = {"images": COURSE_TRAIN, "test_images": COURSE_TEST,
+              "seconds": {phase: _linear(sizes, [r["seconds"][phase] for r in rows], COURSE_TRAIN)
+                          for phase, _ in _PHASES},
+              "peak_rss_bytes": _linear(sizes, [r["peak_rss_bytes"] for r in rows], COURSE_TRAIN)}
+    course["total_s"] = sum(course["seconds"].values())
+    return {"recipe": name, "epochs": preset.epochs, "device": f"cpu ({cpu_count()} cores)"
+            if not torch.cuda.is_available() else torch.cuda.get_device_name(0), "torch": torch.__version__,
+            "measured": rows, "course": course,
+            "course_estimate": {"total_s": course_estimate.seconds, "peak_bytes": course_estimate.peak_bytes,
+                                "seconds": {k: v for k, (v, _) in course_estimate.phases.items()}}}
+
+
+def _print_recipe(result: dict) -> None:
+    names = [phase for phase, _ in _PHASES]
+    print(f"recipe {result['recipe']} ({result['epochs']} epochs), {result['device']}, torch {result['torch']}; "
+          "generated JPEGs, long side 224 px")
+    print(f"{'images':>16s} " + " ".join(f"{n:>10s}" for n in names) + f" {'total':>10s} {'peak RSS':>10s}")
+    rows = result["measured"] + [{**result["course"], "label": "course (extrap.)"}]
+    for row in rows:
+        label = row.get("label", f"{row['images']:,} + {row['test_images']:,}")
+        print(f"{label:>16s} " + " ".join(f"{costs.format_seconds(row['seconds'][n]):>10s}" for n in names)
+              + f" {costs.format_seconds(row['total_s']):>10s} {costs.format_bytes(row['peak_rss_bytes']):>10s}")
+    estimate = result["course_estimate"]
+    print(f"{'course (estimate)':>16s} " + " ".join(f"{costs.format_seconds(estimate['seconds'].get(n, 0.0)):>10s}"
+                                                    for n in ("feature cache", "epochs", "cross-fit", "predict"))
+          + f" {costs.format_seconds(estimate['total_s']):>10s} {costs.format_bytes(estimate['peak_bytes']):>10s}")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["_recipe_child"]:
+        sys.exit(_recipe_child(sys.argv[2:]))
     sys.exit(bench_main())

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import bench
+import costs
 import metrics
 import models
 import runs
@@ -65,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> Config | None:
             raise ValueError("--preset cannot be combined with --resume (the run's saved config is used)")
         if not overrides:
             return None
-        return Config.from_dict({**runs.load_checkpoint(Path(args.resume) / "last.pt")["config"], **overrides})
+        return Config.from_dict({**runs.saved_config(args.resume), **overrides})
     return config_from_preset(args.preset or "shufflenet", **overrides)
 
 
@@ -107,6 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130  # fit printed how to resume
-    except (FileNotFoundError, metrics.PredictionsError) as err:  # missing data or run files, invalid JSON
+    except (FileNotFoundError, metrics.PredictionsError, costs.ResourceError) as err:  # missing files, bad JSON, too big
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 import files
 from dataset import EvalPreset, TrainPreset, TransformSubset, load_rgb, long_side_size
-from runtime import available_memory_bytes, epoch_seed, loader_settings
+from runtime import available_memory_bytes, derived_seed, loader_settings
 
 try:
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -472,7 +472,7 @@ class EpochShuffleSampler(Sampler):
         return self.length
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
         return iter(torch.randperm(self.length, generator=generator).tolist())
 
 
@@ -485,7 +485,7 @@ class BatchLoader:
     check it).  On CUDA, nvJPEG's pixels differ from libjpeg-turbo's by a grey level here and
     there; the augmentation arithmetic and its distribution are the same.  Augmentation parameters
     come from the preset's ``sample_params`` with a ``random.Random`` seeded per epoch
-    (:func:`epoch_seed`), so runs repeat.
+    (:func:`derived_seed`), so runs repeat.
     Yields ``(images, targets)`` (float32 targets on ``device``) or ``(images, stems)`` for test data.
     """
 
@@ -534,7 +534,7 @@ class BatchLoader:
         return pack_images(images)
 
     def _batches(self, epoch: int):
-        seed = epoch_seed(self.seed, epoch)
+        seed = derived_seed(self.seed, epoch)
         rng = random.Random(seed)
         n = len(self.indices)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy() if self.shuffle \

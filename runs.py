@@ -24,6 +24,7 @@ import copy
 import csv
 import datetime as dt
 import io
+import json
 import math
 import sys
 import time
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+import costs
 import dataset
 import features
 import files
@@ -45,11 +47,11 @@ import pipeline
 import recipe
 from config import RESUME_MUTABLE, Config
 from engine import ModelEma, evaluate, predict, train_one_epoch, update_graphs
-from runtime import (amp_settings, determinism, epoch_seed, hardware_info, resolve_device, rng_state,
+from runtime import (amp_settings, determinism, derived_seed, hardware_info, resolve_device, rng_state,
                      seed_everything, set_rng_state)
 
-__all__ = ["fit", "load_run", "predict_run", "resolve_checkpoint", "save_checkpoint", "load_checkpoint",
-           "read_history", "CSV_COLUMNS"]
+__all__ = ["fit", "estimate_run", "load_run", "predict_run", "resolve_checkpoint", "save_checkpoint", "load_checkpoint",
+           "saved_config", "read_history", "CSV_COLUMNS"]
 
 CSV_COLUMNS = ("epoch", "lr", "train/loss", "train/f1@0.5", "val/loss", "val/f1", "val/f1@0.5", "val/precision",
                "val/recall", "val/map", "val/accuracy", "time_s")
@@ -160,10 +162,11 @@ class Inputs:
     channels_last: bool
     tta_hflip: bool  # flip TTA inside evaluate (image inputs; a feature cache holds the mirror view instead)
     description: str
-    cache: features.FeatureCache | None = None
+    store: features.FeatureStore | None = None  # the feature cache, when stages[:cache_stages] are cached
+    cache_stages: int = 0
 
     def eval_module(self, net: nn.Module) -> nn.Module:
-        return features.Tail(net, self.cache.k) if self.cache is not None else net
+        return features.Tail(net, self.cache_stages) if self.store is not None else net
 
 
 @dataclass
@@ -196,17 +199,30 @@ class Progress:
                 "bad_epochs": self.bad_epochs, "best_thresholds": self.best_thresholds}
 
 
-def _resume_config(run_dir: Path, checkpoint: Mapping, config: Config | None) -> Config:
-    saved = Config.from_dict(checkpoint["config"])
+def saved_config(run_dir) -> dict:
+    """The config a run folder was started with (its ``last.pt``, else its ``config.json``)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "last.pt").is_file():
+        return load_checkpoint(run_dir / "last.pt")["config"]
+    if (run_dir / "config.json").is_file():
+        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    raise FileNotFoundError(f"{run_dir} is not a run folder (no last.pt, no config.json)")
+
+
+def _resume(run_dir: Path, config: Config | None) -> tuple[dict | None, Config]:
+    """(the checkpoint of the last finished epoch, or None before the first one; the config to continue with).
+    Only the settings in ``config.RESUME_MUTABLE`` may differ from the saved ones."""
+    checkpoint = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").is_file() else None
+    saved = Config.from_dict(checkpoint["config"] if checkpoint is not None else saved_config(run_dir))
     if config is None:
-        return saved
+        return checkpoint, saved
     changed = [f.name for f in fields(Config)
                if f.name not in RESUME_MUTABLE and getattr(config, f.name) != getattr(saved, f.name)]
     if changed:
         details = ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(config, name)!r}" for name in changed)
         raise ValueError(f"cannot resume {run_dir} with a different configuration ({details}); only "
                          f"{', '.join(RESUME_MUTABLE)} may change")
-    return config
+    return checkpoint, config
 
 
 def _load_data(config: Config) -> tuple[Config, dataset.COCOTrainImageDataset]:
@@ -221,39 +237,72 @@ def _load_data(config: Config) -> tuple[Config, dataset.COCOTrainImageDataset]:
                                                  max_images=config.max_train_images)
 
 
-def _split(config: Config, full, run_dir: Path | None, checkpoint) -> tuple[Path, np.ndarray, np.ndarray]:
-    """A new run's folder with its config and split, or the resumed run's split."""
+def _split(config: Config, full, run_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """The run's training and validation rows: a new seeded split, or the resumed run's ``split.json``."""
     if run_dir is not None:
-        train_idx, val_idx = dataset.load_split(run_dir / checkpoint["split"], full.stems)
-        return run_dir, train_idx, val_idx
-    train_idx, val_idx = dataset.split_train_val(full.targets, config.val_fraction, config.split_seed,
-                                                 config.stratify)
+        return dataset.load_split(run_dir / "split.json", full.stems)
+    return dataset.split_train_val(full.targets, config.val_fraction, config.split_seed, config.stratify)
+
+
+def _estimate(config: Config, net, full, train_idx, val_idx, device) -> costs.Estimate:
+    """Time and memory of this run on this machine, printed; a run that cannot fit stops here, before its folder
+    exists (costs.ResourceError)."""
+    test_dir = dataset.course_dirs(config.data_root)["test_images"]
+    n_test = sum(1 for p in test_dir.iterdir() if p.suffix.lower() in dataset.IMAGE_EXTENSIONS) \
+        if test_dir.is_dir() else 0
+    estimate = costs.estimate(config, net, full, n_train=len(train_idx), n_val=len(val_idx), n_test=n_test,
+                              device=device, out_dir=config.out_dir)
+    print(f"estimate for this run on this machine ({device}, {torch.get_num_threads()} threads):\n"
+          f"{estimate.describe()}", flush=True)
+    costs.check(estimate, config)
+    return estimate
+
+
+def estimate_run(config: Config) -> costs.Estimate:
+    """What :func:`fit` would estimate for ``config`` (time per phase, memory, disk), without running anything:
+    the notebook shows it before it starts a long run. Raises ``costs.ResourceError`` like fit would."""
+    config = config.validate()
+    device = resolve_device(config.device)
+    config, full = _load_data(config)
+    train_idx, val_idx = _split(config, full, None)
+    return _estimate(config, recipe.build_net(config), full, train_idx, val_idx, device)
+
+
+def _new_folder(config: Config, full, train_idx, val_idx) -> Path:
+    """A new run's folder with its config and split."""
     run_dir = _new_run_dir(config)
     files.write_json(run_dir / "config.json", config.to_dict())
     dataset.save_split(run_dir / "split.json", full.stems, train_idx, val_idx, data_root=config.data_root,
                        seed=config.split_seed, val_fraction=config.val_fraction)
-    return run_dir, train_idx, val_idx
+    return run_dir
 
 
-def _cached_inputs(config: Config, net, full, train_idx, val_idx, device) -> Inputs:
-    """Inputs of a feature-cache run: ``stages[:k]`` computed once per view, the rest trains on the cache."""
+def _cached_inputs(config: Config, net, full, train_idx, val_idx, run_dir: Path, device) -> Inputs:
+    """Inputs of a feature-cache run: ``stages[:k]`` computed once per view of every labelled image into the run
+    folder (resumable), the rest of the network trains on the cache."""
     k = config.cache_stages
     if k > len(net.stages):  # k == len(stages): the whole backbone is cached and only the head trains
         raise ValueError(f"Config.cache_stages={k} exceeds the {len(net.stages)} stages of {config.model}")
-    train_tf, eval_tf = recipe.presets_for(config)
-    cache = features.FeatureCache(net, k, full, config, device,
-                                  train_views=features.train_views(eval_tf, train_tf, config.cache_views),
-                                  eval_views=features.eval_views(eval_tf, config.tta_hflip)).build(train_idx, val_idx)
-    train_set = features.FeatureBank(cache.train, full.targets[train_idx])
-    val_sets = [features.FeatureBank(cache.val, full.targets[val_idx], view=v) for v in range(cache.val.shape[0])]
-    # in memory: no workers needed
+    views, train_views, eval_views = features.cache_views(config)
+    _, eval_tf = recipe.presets_for(config)
+    shape = (len(views), len(full), *features.feature_shape(net, k, eval_tf.image_size, device))
+    store = features.FeatureStore(run_dir / "features", features.fingerprint(config, full.stems, device), shape)
+    what = "pooled features" if features.pooled(net, k) else f"stages[:{k}] maps"
+    print(f"feature cache: {what} {shape[2:]} x {len(views)} views of {len(full):,} images, "
+          f"{store.nbytes / 2**20:,.0f} MiB on disk in {store.folder}", flush=True)
+    features.extract(net, k, full, np.arange(len(full)), views, store, device=device,
+                     batch_size=config.batch_size * 2, num_workers=config.num_workers, amp=config.amp,
+                     seed=config.seed, progress=config.progress, desc="caching features")
+    train_set = features.FeatureBank(store, train_idx, full.targets[train_idx], views=train_views)
+    val_sets = [features.FeatureBank(store, val_idx, full.targets[val_idx], view=view) for view in eval_views]
+    # read from the memory-mapped store in this process: no workers needed
     train_loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
                                         drop_last=recipe.drop_last(len(train_set), config.batch_size),
                                         seed=config.seed, mode="workers", num_workers=0)
     val_loaders = [pipeline.make_loader(val_set, batch_size=config.batch_size * 2, device=device, train=False,
                                         mode="workers", num_workers=0) for val_set in val_sets]
     return Inputs(train_loader, val_loaders, features.Tail(net, k), channels_last=False, tta_hflip=False,
-                  description="DataLoader over the feature cache", cache=cache)
+                  description="DataLoader over the feature cache", store=store, cache_stages=k)
 
 
 def _image_inputs(config: Config, full, train_idx, val_idx, device) -> Inputs:
@@ -284,14 +333,14 @@ def _image_inputs(config: Config, full, train_idx, val_idx, device) -> Inputs:
                   description=description)
 
 
-def _inputs(config: Config, net, full, train_idx, val_idx, device) -> Inputs:
+def _inputs(config: Config, net, full, train_idx, val_idx, run_dir: Path, device) -> Inputs:
     if config.cross_fit_folds and (config.cache_stages != len(net.stages) or config.freeze_epochs
                                    or config.unfreeze_stages):
         raise ValueError(f"Config.cross_fit_folds={config.cross_fit_folds} trains heads only: it needs "
                          f"cache_stages={len(net.stages)} (the whole {config.model} backbone cached) and no "
                          f"freeze_epochs/unfreeze_stages; got cache_stages={config.cache_stages}")
     if config.cache_stages > 0:
-        inputs = _cached_inputs(config, net, full, train_idx, val_idx, device)
+        inputs = _cached_inputs(config, net, full, train_idx, val_idx, run_dir, device)
     else:
         inputs = _image_inputs(config, full, train_idx, val_idx, device)
         inputs.train_module = net
@@ -399,7 +448,7 @@ def _epochs(config: Config, run_dir: Path, device, net, inputs: Inputs, training
     try:
         for epoch in range(progress.start_epoch, config.epochs):
             epoch_start = time.perf_counter()
-            seed_everything(epoch_seed(config.seed, epoch))  # augmentation and dropout, independent of history
+            seed_everything(derived_seed(config.seed, epoch))  # augmentation and dropout, independent of history
             inputs.train_loader.set_epoch(epoch)
             trains = recipe.set_trainable(net, config, epoch)
             if epoch > 0 and epoch == config.freeze_epochs:  # unfreeze milestone: a fresh cycle for the rest
@@ -448,27 +497,30 @@ def _epochs(config: Config, run_dir: Path, device, net, inputs: Inputs, training
 
 
 def _finish(config: Config, run_dir: Path, device, net, inputs: Inputs, training: Training, progress: Progress,
-            status: str, initial_state, full, train_idx, val_idx, started: float) -> dict:
+            status: str, initial_state, full, started: float, phases: dict, estimate: costs.Estimate) -> dict:
     """Cross-fit (when asked and the run was not stopped early), write ``summary.json``, return the result."""
     cross_fit = None
     if config.cross_fit_folds and status != "stopped":
-        result = features.cross_fit(inputs.cache, initial_state, training.criterion, full.targets, train_idx, val_idx)
+        phase_start = time.perf_counter()
+        result = features.cross_fit(net, inputs.store, initial_state, training.criterion, full.targets, config, device,
+                                    training.amp_dtype)
         save_checkpoint(run_dir / "final.pt", {
             "model": result.final_net.state_dict(), "ema": None, "epoch": config.epochs, "config": config.to_dict(),
             "thresholds": result.thresholds.to_dict(), "class_names": list(dataset.CLASSES), "split": "split.json",
             "metrics": {key: value for key, value in result.record.items() if key != "thresholds"}})
         files.write_atomic(run_dir / "oof.npz", lambda file: np.savez_compressed(
-            file, probs=result.oof, targets=result.targets, stems=np.asarray(full.stems)[result.order],
-            folds=result.folds))
+            file, probs=result.oof, targets=full.targets, stems=np.asarray(full.stems), folds=result.folds))
         files.write_json(run_dir / "cross_fit.json", result.record)
         cross_fit = result.record
+        phases["cross_fit_s"] = time.perf_counter() - phase_start
     history = progress.history
     best_row = next((row for row in history if row["epoch"] == progress.best_epoch), None)
     summary = {"status": status, "epochs_done": len(history), "epochs": config.epochs,
                "select_metric": config.select_metric, "best_epoch": progress.best_epoch, "best": best_row,
                "last": history[-1] if history else None, "time_s": time.perf_counter() - started,
                "hardware": hardware_info(device), "model": config.model,
-               "parameters": models.count_parameters(net)["total"], "cross_fit": cross_fit}
+               "parameters": models.count_parameters(net)["total"], "cross_fit": cross_fit, "phases": phases,
+               "estimate": estimate.to_dict()}
     files.write_json(run_dir / "summary.json", summary)
     if status == "stopped":
         print(f"stopped after epoch {len(history)}; resume with:  python -m loops train --resume {run_dir}", flush=True)
@@ -485,8 +537,9 @@ def _interrupted(run_dir: Path, config: Config) -> None:
               f"resume with:  python -m loops train --resume {run_dir}\n"
               f"         or:  loops.fit(resume={str(run_dir)!r})", file=sys.stderr, flush=True)
     else:
-        print(f"\ninterrupted before the first epoch ended: nothing to resume in {run_dir}", file=sys.stderr,
-              flush=True)
+        kept = " (the feature cache keeps its finished chunks)" if (run_dir / "features").is_dir() else ""
+        print(f"\ninterrupted before the first epoch ended{kept}.\n"
+              f"resume with:  python -m loops train --resume {run_dir}", file=sys.stderr, flush=True)
 
 
 def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | None = None) -> dict:
@@ -510,17 +563,19 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
     checkpoint = run_dir = None
     if resume is not None:
         run_dir = Path(resume)
-        checkpoint = load_checkpoint(run_dir / "last.pt")
-        config = _resume_config(run_dir, checkpoint, config)
+        checkpoint, config = _resume(run_dir, config)
     else:
         config = (config or Config()).validate()
     device = resolve_device(config.device)
     with determinism(config.deterministic, device):
         seed_everything(config.seed)
         config, full = _load_data(config)
-        # The network comes before the run folder: missing pretrained weights leave no empty run behind.
+        # The network and the estimate come before the run folder: missing pretrained weights or a run that
+        # cannot fit leave no empty run behind.
         net = recipe.build_net(config)
-        run_dir, train_idx, val_idx = _split(config, full, run_dir, checkpoint)
+        train_idx, val_idx = _split(config, full, run_dir)
+        estimate = _estimate(config, net, full, train_idx, val_idx, device)
+        run_dir = run_dir or _new_folder(config, full, train_idx, val_idx)
         print(f"run folder: {run_dir}  ({len(train_idx)} training / {len(val_idx)} validation images, {device})",
               flush=True)
         try:
@@ -530,14 +585,18 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
             net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
             # cross-fitting starts every head from here
             initial_state = copy.deepcopy(net.state_dict()) if config.cross_fit_folds else None
-            inputs = _inputs(config, net, full, train_idx, val_idx, device)
+            phase_start = time.perf_counter()
+            inputs = _inputs(config, net, full, train_idx, val_idx, run_dir, device)
+            phases = {"inputs_s": time.perf_counter() - phase_start}  # the feature or image cache
             start_epoch = int(checkpoint["epoch"]) if checkpoint is not None else 0
             training = _training(config, net, inputs, full.targets[train_idx], device, start_epoch)
             progress = _restore(run_dir, checkpoint, net, training)
             val_stems = [full.stems[i] for i in val_idx]
+            phase_start = time.perf_counter()
             status = _epochs(config, run_dir, device, net, inputs, training, progress, val_stems, stop_after_epochs)
+            phases["epochs_s"] = time.perf_counter() - phase_start
             return _finish(config, run_dir, device, net, inputs, training, progress, status, initial_state, full,
-                           train_idx, val_idx, started)
+                           started, phases, estimate)
         except KeyboardInterrupt:
             _interrupted(run_dir, config)
             raise
@@ -555,6 +614,7 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", devic
     thresholds fit the probabilities. Returns a summary dict: ``path``, ``images``, ``mean_labels``, ``empty``
     (images with no label), ``global_threshold``, ``at_least_one``, ``checkpoint``.
     """
+    started = time.perf_counter()
     which = resolve_checkpoint(run_dir, which)
     model, config, thresholds = load_run(run_dir, which)
     device = resolve_device(device or config.device)
@@ -566,7 +626,8 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", devic
     if config.cache_stages > 0:
         model.to(device)
         probs = features.predict_cached(model, config, test_set, device, batch_size=batch_size,
-                                        num_workers=num_workers, progress=progress)
+                                        num_workers=num_workers, progress=progress,
+                                        amp_dtype=amp_settings(device, config.amp)[0])
         stems = list(test_set.stems)
     else:
         _, eval_tf = recipe.presets_for(config)
@@ -583,4 +644,5 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", devic
                                      expected_stems=test_set.stems)
     return {"path": str(path), "images": len(stems), "mean_labels": float(preds.sum(axis=1).mean()),
             "empty": int((preds.sum(axis=1) == 0).sum()), "global_threshold": thresholds.global_threshold,
-            "at_least_one": thresholds.at_least_one, "checkpoint": f"{which}.pt"}
+            "at_least_one": thresholds.at_least_one, "checkpoint": f"{which}.pt",
+            "time_s": time.perf_counter() - started}

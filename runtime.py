@@ -5,10 +5,11 @@ Each decision is made here, once, and everything else asks:
 * :func:`resolve_device`: CUDA, then Apple's MPS, then the CPU.
 * :func:`amp_settings` (training) and :func:`inference_settings` (forward-only passes): mixed precision and
   memory format for a device, with the measurements behind them.
-* :func:`seed_everything`, :func:`epoch_seed`, :func:`rng_state`: reproducible runs, and resumed runs that
+* :func:`seed_everything`, :func:`derived_seed`, :func:`rng_state`: reproducible runs, and resumed runs that
   draw the same numbers as uninterrupted ones.
 * :func:`loader_settings`: DataLoader workers, pinned memory and prefetching for a device.
-* :func:`available_memory_bytes`, :func:`peak_memory_bytes`: what the memory guard and the benchmark read.
+* :func:`available_memory_bytes`, :func:`current_memory_bytes`, :func:`peak_memory_bytes`,
+  :func:`free_disk_bytes`: what the resource guard (``costs.py``) and the benchmark read.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import contextlib
 import os
 import platform
 import random
+import shutil
 import sys
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -24,8 +27,8 @@ import torch
 
 __all__ = [
     "resolve_device", "amp_settings", "cpu_has_native_bf16", "inference_settings", "autocast", "to_device",
-    "seed_everything", "epoch_seed", "rng_state", "set_rng_state", "determinism", "cpu_count", "loader_settings",
-    "available_memory_bytes", "peak_memory_bytes", "hardware_info",
+    "seed_everything", "derived_seed", "rng_state", "set_rng_state", "determinism", "cpu_count", "loader_settings",
+    "available_memory_bytes", "current_memory_bytes", "peak_memory_bytes", "free_disk_bytes", "hardware_info",
 ]
 
 
@@ -107,10 +110,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch's shuffling, augmentation and dropout: a function of (seed, epoch) alone, so a
-    resumed run draws what an uninterrupted one draws."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def derived_seed(seed: int, *keys: int) -> int:
+    """A seed drawn from ``seed`` and ``keys`` alone (e.g. an epoch: that epoch's shuffling, augmentation and
+    dropout; a view and a chunk of the feature cache), so a resumed run draws what an uninterrupted one draws."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
 def rng_state() -> dict:
@@ -194,6 +197,28 @@ def available_memory_bytes() -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):
         return 0
+
+
+def current_memory_bytes() -> int:
+    """This process's resident memory now (Linux /proc, else psutil where installed, else its peak so far)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as file:
+            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return peak_memory_bytes()
+    return int(psutil.Process().memory_info().rss)
+
+
+def free_disk_bytes(path) -> int:
+    """Free space on the file system that holds ``path`` (or its nearest existing parent folder)."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return int(shutil.disk_usage(path).free)
 
 
 def peak_memory_bytes(device=None) -> int:

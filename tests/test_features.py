@@ -53,7 +53,14 @@ def test_feature_cache_mode_trains_the_tail_and_predicts_with_the_full_model(dem
     assert result["history"][-1]["val/loss"] == pytest.approx(val_loss, rel=1e-2)
 
 
-def test_inference_settings_and_the_bf16_feature_cache(demo_root):
+def _photos(demo_root, n, size=64):
+    source = dataset.COCOTrainImageDataset(*list(dataset.course_dirs(demo_root).values())[:2], max_images=n)
+    spec = models.get_spec("efficientnet_lite0")
+    preset = dataset.EvalPreset(image_size=size, mean=spec.mean, std=spec.std)
+    return source, torch.stack([preset(source.load_image(i)) for i in range(n)])
+
+
+def test_inference_settings_and_the_bf16_feature_cache(demo_root, tmp_path):
     """Forward-only passes use channels_last on the CPU, and bfloat16 only where the CPU has it natively;
     a cache made that way matches the float32 one closely enough to rank images alike."""
     cpu = torch.device("cpu")
@@ -62,18 +69,78 @@ def test_inference_settings_and_the_bf16_feature_cache(demo_root):
     assert runtime.inference_settings(cpu) == ((torch.bfloat16 if native else None), True)
     # pretrained: a random-init network's activations all but vanish in eval mode, and 0 == 0 in any precision
     net = recipe.build_net(Config(model="efficientnet_lite0")).eval()
-    source = dataset.COCOTrainImageDataset(*list(dataset.course_dirs(demo_root).values())[:2], max_images=16)
+    source, images = _photos(demo_root, 16)
     views = [dataset.EvalPreset(image_size=64, mean=net.spec.mean, std=net.spec.std)]
-    common = dict(k=5, source=source, indices=np.arange(16), transforms=views, device=cpu, batch_size=8,
-                  num_workers=0, seed=0, progress=False, desc="test")
-    exact = features.extract(net, amp=False, **common).float()
-    fast = features.extract(net, amp=True, **common).float()
-    assert exact.shape == fast.shape == (1, 16, 1280, 2, 2)
+    banks = {}
+    for amp in (False, True):
+        store = features.FeatureStore(tmp_path / f"amp{amp}", {"amp": amp}, (1, 16, 112, 4, 4), chunk_images=8)
+        features.extract(net, 4, source, np.arange(16), views, store, device=cpu, batch_size=8, num_workers=0,
+                         amp=amp, seed=0, progress=False)
+        banks[amp] = torch.from_numpy(np.asarray(store.array, dtype=np.float32))
+    exact, fast = banks[False], banks[True]
     assert next(net.parameters()).is_contiguous(), "the network must be handed back in its memory format"
     if native:
         assert not torch.equal(exact, fast)  # bfloat16 really ran
     cos = torch.nn.functional.cosine_similarity(exact.flatten(1), fast.flatten(1), dim=1)
     assert cos.min() > 0.99
+    # the store holds what compute gives for the same batch
+    direct = features.compute(net, 4, images[:8], device=cpu, amp_dtype=None, channels_last=False).float()
+    torch.testing.assert_close(direct, exact[0, :8], atol=2e-3, rtol=2e-3)
+
+
+def test_pooled_cache_gives_the_probabilities_of_the_cached_feature_map(demo_root):
+    """With the whole backbone frozen only the pooled vector is kept (2,560 values instead of the whole map);
+    the head's probabilities equal those computed from the float16 feature map, up to float16 rounding."""
+    cpu = torch.device("cpu")
+    net = recipe.build_net(Config(model="efficientnet_lite0", pool="avgmax", head_hidden=64)).eval()
+    _, images = _photos(demo_root, 12, size=128)
+    amp_dtype = runtime.inference_settings(cpu)[0]
+    pooled = features.compute(net, 5, images, device=cpu, amp_dtype=amp_dtype, channels_last=True)
+    assert pooled.dtype == torch.float16 and pooled.shape == (12, 2 * 1280)
+    with torch.inference_mode(), runtime.autocast(cpu, amp_dtype):  # the map cache: stages, then float16 storage
+        feature_map = net.features_until(5, images.contiguous(memory_format=torch.channels_last))
+    with torch.inference_mode():
+        from_map = torch.sigmoid(net.head(net.pool(feature_map.to(torch.float16).float())))
+        from_pooled = torch.sigmoid(features.Tail(net, 5)(pooled.float()))
+    assert feature_map.numel() // 12 == 1280 * 4 * 4  # 8 times more per image at this size (144 x at 384 px)
+    torch.testing.assert_close(from_pooled, from_map, atol=2e-3, rtol=0)
+    assert not torch.equal(from_pooled, torch.sigmoid(net.head(torch.zeros_like(pooled, dtype=torch.float32))))
+
+
+def test_an_interrupted_extraction_resumes_without_recomputing_finished_chunks(demo_root, tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    net = recipe.build_net(Config(model="efficientnet_lite0", pretrained=False)).eval()
+    source, _ = _photos(demo_root, 20)
+    config = Config(model="efficientnet_lite0", image_size=48, cache_views=3)  # eval, mirror, one random crop
+    views = features.cache_views(config)[0]
+    kwargs = dict(device=cpu, batch_size=4, num_workers=0, amp=False, seed=3, progress=False)
+    shape = (3, 20, 40, 6, 6)
+
+    whole = features.FeatureStore(tmp_path / "whole", {"run": 1}, shape, chunk_images=8)  # 3 chunks per view
+    features.extract(net, 3, source, np.arange(20), views, whole, **kwargs)
+    assert whole.complete and whole.n_chunks == 3
+
+    real_compute, calls, interrupt = features.compute, [], [True]
+
+    def counting_compute(*args, **kw):
+        calls.append(len(args[2]))
+        if len(calls) == 7 and interrupt and interrupt.pop():  # once, in the fourth chunk (view 1, chunk 0): Ctrl-C
+            raise KeyboardInterrupt
+        return real_compute(*args, **kw)
+
+    monkeypatch.setattr(features, "compute", counting_compute)
+    store = features.FeatureStore(tmp_path / "run", {"run": 1}, shape, chunk_images=8)
+    with pytest.raises(KeyboardInterrupt):
+        features.extract(net, 3, source, np.arange(20), views, store, **kwargs)
+    assert store.done() == {(0, 0), (0, 1), (0, 2)} and not store.complete
+    calls.clear()
+    reopened = features.FeatureStore(tmp_path / "run", {"run": 1}, shape, chunk_images=8)  # as --resume does
+    features.extract(net, 3, source, np.arange(20), views, reopened, **kwargs)
+    assert sum(calls) == 2 * 20, "only the two unfinished views were computed again"
+    assert reopened.complete and np.array_equal(np.asarray(reopened.array), np.asarray(whole.array))
+    # other settings: the folder is rebuilt, not reused
+    other = features.FeatureStore(tmp_path / "run", {"run": 2}, shape, chunk_images=8)
+    assert other.done() == set()
 
 
 def test_cross_fit_tunes_on_out_of_fold_probabilities_and_predict_uses_final(demo_root, tmp_path):
@@ -106,3 +173,35 @@ def test_cross_fit_tunes_on_out_of_fold_probabilities_and_predict_uses_final(dem
     with pytest.raises(ValueError, match="cross_fit_folds"):
         config.replace(cross_fit_folds=1).validate()
 
+
+
+def test_ctrl_c_during_feature_extraction_and_resume_give_the_uninterrupted_run(demo_root, tmp_path, monkeypatch,
+                                                                               capsys):
+    monkeypatch.setattr(features, "CHUNK_IMAGES", 32)  # 96 images: 3 chunks per view
+    config = Config(data_root=str(demo_root), cache_stages=3, cache_views=3,
+                    **{**TINY, "model": "efficientnet_lite0", "epochs": 2})
+    uninterrupted = runs.fit(config.replace(out_dir=str(tmp_path / "whole")))
+
+    real_compute, calls, interrupt = features.compute, [], [True]
+
+    def interrupted_compute(net, k, images, **kwargs):
+        if len(images) == 32:  # a batch of the extraction (the estimate times smaller ones): one per chunk
+            calls.append(1)
+            if len(calls) == 3 and interrupt and interrupt.pop():  # once, in the third chunk of the first view
+                raise KeyboardInterrupt
+        return real_compute(net, k, images, **kwargs)
+
+    monkeypatch.setattr(features, "compute", interrupted_compute)
+    with pytest.raises(KeyboardInterrupt):
+        runs.fit(config.replace(out_dir=str(tmp_path / "runs")))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    err = capsys.readouterr().err
+    assert "feature cache keeps its finished chunks" in err and f"--resume {run_dir}" in err
+    assert not (run_dir / "last.pt").exists() and len(json.loads((run_dir / "features" / "done.json").read_text())) == 2
+    calls.clear()
+    resumed = runs.fit(resume=run_dir)
+    assert len(calls) == 3 * 3 - 2, "the two finished chunks were not computed again"
+    assert resumed["status"] == "finished"
+    drop = ("time_s",)
+    assert [{k: v for k, v in row.items() if k not in drop} for row in resumed["history"]] == \
+           [{k: v for k, v in row.items() if k not in drop} for row in uninterrupted["history"]]
