@@ -142,14 +142,15 @@ class Config:
 
     # ---- runtime ----
     device: str = _field("auto", "cuda, mps, cpu, or auto (first available of these)")
-    # Mixed precision on CUDA, where it halves memory and doubles speed. On a CPU only the forward-only passes
-    # (feature cache, predict) use it, and only where the CPU has native bfloat16 (AMX, AVX512-BF16): measured
-    # 4x faster there; elsewhere CPU autocast is slower than float32 (see inference_settings).
-    amp: bool = _field(True, "mixed precision: CUDA training and inference (bf16 if supported, else fp16 with a "
-                             "gradient scaler); CPU feature caching and prediction where the CPU has native bf16")
-    # NHWC is what tensor cores read fastest. CPU forward-only passes always use it (1.7x measured for
-    # EfficientNet-Lite0 in float32); CPU training does not (not measured).
-    channels_last: bool = _field(True, "channels_last memory format for CUDA convolutions")
+    # Mixed precision: on CUDA it halves memory and doubles speed; on CPUs with native bfloat16 (AMX,
+    # AVX512-BF16) bfloat16 autocast trains EfficientNet-Lite0 ~3x and ShuffleNet V2 ~1.3x faster than float32
+    # and extracts features ~4x faster (study/cpu_precision.py, README). CPUs without it keep float32, where
+    # autocast is slower (runtime.amp_settings, runtime.inference_settings).
+    amp: bool = _field(True, "mixed precision: on CUDA bf16 if supported, else fp16 with a gradient scaler; on CPUs "
+                             "with native bfloat16, bf16; float32 elsewhere")
+    # NHWC is what tensor cores read fastest; on the CPU it sped up EfficientNet-Lite training and inference
+    # 1.5-2x (study/cpu_precision.py). Not on Apple's MPS.
+    channels_last: bool = _field(True, "channels_last memory format for convolutions (CUDA and CPU)")
     # None: runtime.loader_settings (none on CPU-only machines up to 4 cores, most cores with a GPU).
     num_workers: int | None = _field(None, "DataLoader worker processes (none: chosen from the hardware)")
     # auto: the gpu path on CUDA (training images cached as JPEG bytes, decoded and augmented on the GPU in

@@ -155,6 +155,7 @@ def _measure(config: Config, net, device) -> dict:
     measured = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         probe = copy.deepcopy(net).to(device)
+        optimizer = recipe.build_optimizer(probe, config)
         recipe.set_trainable(probe, config, epoch=config.epochs - 1)  # the most that ever trains
         module, sample, _ = _inputs_of(config, probe, device)
         measured["train_elements"], measured["eval_elements"] = _activations(module, sample)
@@ -166,18 +167,17 @@ def _measure(config: Config, net, device) -> dict:
             bank = np.random.default_rng(0).standard_normal((1, n_items, *sample.shape[1:])).astype(np.float16)
             train_set = features.FeatureBank(bank, np.arange(n_items), np.zeros((n_items, probe.num_classes)))
             loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
-                                          mode="workers", num_workers=0)
+                                          mode="workers", num_workers=0, collate_fn=features.whole_batch)
             eval_loader = pipeline.make_loader(features.FeatureBank(bank, np.arange(n_items), train_set.targets,
                                                                     view=0),
                                                batch_size=2 * config.batch_size, device=device, train=False,
-                                               mode="workers", num_workers=0)
+                                               mode="workers", num_workers=0, collate_fn=features.whole_batch)
             batches_per_run = n_items
         else:
             images = torch.randn(batch, 3, image_size, image_size)
             loader = [(images, targets.expand(batch, -1).clone())]
             eval_loader = loader
             batches_per_run = batch
-        optimizer = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=1e-6)
         criterion = recipe.build_criterion(config, np.zeros((2, probe.num_classes))).to(device)
         measured["train_ips"] = _rate(lambda: train_one_epoch(module, loader, criterion, optimizer, device,
                                                               scaler=scaler, amp_dtype=amp_dtype, progress=False),

@@ -49,10 +49,11 @@ import pipeline
 import recipe
 from config import Config
 from engine import ModelEma, evaluate, train_one_epoch
-from runtime import autocast, derived_seed, inference_settings, loader_settings, seed_everything, to_device
+from runtime import (amp_settings, autocast, derived_seed, inference_settings, loader_settings, seed_everything, to_device,
+                     uses_channels_last)
 
 __all__ = ["FlippedView", "cache_views", "pooled", "compute", "InferenceFormat", "FeatureStore", "extract",
-           "FeatureBank", "Tail", "train_head", "view_probs", "CrossFit", "cross_fit", "predict_cached", "feature_shape",
+           "FeatureBank", "whole_batch", "Tail", "train_head", "view_probs", "CrossFit", "cross_fit", "predict_cached", "feature_shape",
            "fingerprint"]
 
 CHUNK_IMAGES = 2048  # images per chunk of the store: what a resumed extraction may have to redo at most
@@ -257,10 +258,29 @@ class FeatureBank(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _array(self):
+        return self.feats.array if isinstance(self.feats, FeatureStore) else self.feats
+
     def __getitem__(self, idx):
         view = self.view if self.view is not None else self.views[int(torch.randint(len(self.views), ()))]
-        array = self.feats.array if isinstance(self.feats, FeatureStore) else self.feats
-        return torch.from_numpy(np.asarray(array[view, self.rows[idx]], dtype=np.float32)), self.targets[idx]
+        return torch.from_numpy(np.asarray(self._array()[view, self.rows[idx]], dtype=np.float32)), self.targets[idx]
+
+    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch in one gather (the DataLoader calls this instead of one ``__getitem__`` per item; see
+        :func:`whole_batch`): a head trains on tens of thousands of items per epoch, and per-item Python calls
+        would cost more than the head's own arithmetic."""
+        indices = np.asarray(indices)
+        if self.view is not None:
+            views = np.full(len(indices), self.view)
+        else:
+            views = np.asarray(self.views)[torch.randint(len(self.views), (len(indices),)).numpy()]
+        feats = np.asarray(self._array()[views, self.rows[indices]], dtype=np.float32)
+        return torch.from_numpy(feats), self.targets[torch.from_numpy(indices)]
+
+
+def whole_batch(batch):
+    """The ``collate_fn`` of a :class:`FeatureBank` loader: its ``__getitems__`` already returns the batch."""
+    return batch
 
 
 class Tail(nn.Module):
@@ -293,26 +313,32 @@ def train_head(net, initial_state, criterion, store, all_targets, rows, config: 
     train_set = FeatureBank(store, rows, all_targets[rows], views=cache_views(config)[1])
     loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
                                   drop_last=recipe.drop_last(len(train_set), config.batch_size), seed=seed,
-                                  mode="workers", num_workers=0)
+                                  mode="workers", num_workers=0, collate_fn=whole_batch)
     scheduler = recipe.make_scheduler(optimizer, [group["lr"] for group in optimizer.param_groups], config,
                                       len(loader), 0)
     ema = ModelEma(net, config.ema_decay) if config.ema_decay > 0 else None
+    amp_dtype, scaler = amp_settings(torch.device(device), config.amp)
+    channels_last = uses_channels_last(torch.device(device), config.channels_last)
     for epoch in range(config.epochs):
         seed_everything(derived_seed(seed, epoch))
         loader.set_epoch(epoch)
-        train_one_epoch(Tail(net, k), loader, criterion, optimizer, device, scheduler=scheduler,
-                        grad_clip=config.grad_clip, ema=ema, progress=False, desc=desc)
+        train_one_epoch(Tail(net, k), loader, criterion, optimizer, device, scheduler=scheduler, scaler=scaler,
+                        amp_dtype=amp_dtype, grad_clip=config.grad_clip, ema=ema, channels_last=channels_last,
+                        progress=False, desc=desc)
     return Tail(ema.module if ema is not None else net, k)
 
 
-def view_probs(module, store, rows, views: Sequence[int], batch_size: int, device, amp_dtype=None) -> np.ndarray:
+def view_probs(module, store, rows, views: Sequence[int], batch_size: int, device, amp_dtype=None,
+               channels_last: bool = False) -> np.ndarray:
     """Mean over the cached ``views`` of the probabilities of ``rows`` (float32 NumPy)."""
     outs = []
     targets = np.zeros((len(rows), 1), dtype=np.float32)  # not used: evaluate without a criterion
     for view in views:
         loader = pipeline.make_loader(FeatureBank(store, rows, targets, view=view), batch_size=batch_size,
-                                      device=device, train=False, mode="workers", num_workers=0)
-        outs.append(evaluate(module, loader, device, amp_dtype=amp_dtype, progress=False)["probs"])
+                                      device=device, train=False, mode="workers", num_workers=0,
+                                      collate_fn=whole_batch)
+        outs.append(evaluate(module, loader, device, amp_dtype=amp_dtype, channels_last=channels_last,
+                             progress=False)["probs"])
     return torch.stack(outs).mean(dim=0).numpy()
 
 
@@ -328,8 +354,7 @@ class CrossFit:
     record: dict
 
 
-def cross_fit(net, store, initial_state, criterion, all_targets: np.ndarray, config: Config, device,
-              amp_dtype=None) -> CrossFit:
+def cross_fit(net, store, initial_state, criterion, all_targets: np.ndarray, config: Config, device) -> CrossFit:
     """Out-of-fold thresholds and a head trained on every labelled image (``Config.cross_fit_folds``).
 
     Why: the validation split holds a fifth of a small dataset, so each rare class's threshold is fitted on a
@@ -342,12 +367,15 @@ def cross_fit(net, store, initial_state, criterion, all_targets: np.ndarray, con
     folds = dataset.kfold_assignments(all_targets, config.cross_fit_folds, seed=config.split_seed)
     oof = np.zeros(all_targets.shape, dtype=np.float32)
     eval_views = cache_views(config)[2]
+    amp_dtype = amp_settings(torch.device(device), config.amp)[0]  # evaluated as the run evaluates
+    channels_last = uses_channels_last(torch.device(device), config.channels_last)
     fold_maps = []
     for fold in range(config.cross_fit_folds):
         fit_rows, held_rows = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
         module = train_head(net, initial_state, criterion, store, all_targets, fit_rows, config, device,
                             seed=config.seed + 1 + fold, desc=f"cross-fit fold {fold + 1}")
-        oof[held_rows] = view_probs(module, store, held_rows, eval_views, config.batch_size * 2, device, amp_dtype)
+        oof[held_rows] = view_probs(module, store, held_rows, eval_views, config.batch_size * 2, device, amp_dtype,
+                                    channels_last)
         fold_maps.append(metrics.mean_average_precision(oof[held_rows], all_targets[held_rows]))
         print(f"cross-fit fold {fold + 1}/{config.cross_fit_folds}: {len(fit_rows)} images to train, "
               f"{len(held_rows)} held out, mAP {fold_maps[-1]:.4f}", flush=True)
@@ -369,10 +397,12 @@ def cross_fit(net, store, initial_state, criterion, all_targets: np.ndarray, con
 
 @torch.inference_mode()
 def predict_cached(net, config: Config, source, device, *, batch_size: int | None = None,
-                   num_workers: int | None = None, progress: bool = True, amp_dtype=None) -> np.ndarray:
+                   num_workers: int | None = None, progress: bool = True) -> np.ndarray:
     """Probabilities of every image of ``source`` from a network trained on the cache: :func:`compute` through
-    each evaluation view, the tail in float32, the mean over the views; computed exactly as the run computed its
-    validation probabilities, so that its thresholds fit them. Streams: nothing is stored."""
+    each evaluation view, the tail in the run's precision and memory format (``net`` as the run left it), the
+    mean over the views; computed exactly as the run computed its validation probabilities, so that its
+    thresholds fit them. Streams: nothing is stored."""
+    amp_dtype = amp_settings(torch.device(device), config.amp)[0]
     _, eval_tf = recipe.presets_for(config)
     n_eval = len(cache_views(config)[2])
     net.eval()
@@ -388,8 +418,9 @@ def predict_cached(net, config: Config, source, device, *, batch_size: int | Non
             for view in [images, images.flip(-1)][:n_eval]:  # FlippedView(eval_tf) is eval_tf, then a flip
                 feats = compute(extractor, config.cache_stages, view, device=device, amp_dtype=fmt.amp_dtype,
                                 channels_last=fmt.channels_last)
+                feats = to_device(feats.float(), device, uses_channels_last(device, config.channels_last))
                 with autocast(device, amp_dtype):
-                    per_view.append(torch.sigmoid(tail(feats.float().to(device)).float()).cpu())
+                    per_view.append(torch.sigmoid(tail(feats).float()).cpu())
             probs.append(torch.stack(per_view).mean(dim=0))
     return torch.cat(probs).numpy()
 

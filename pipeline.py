@@ -642,7 +642,7 @@ class DeviceLoader:
 
 
 def make_loader(dataset, *, batch_size: int, device, train: bool, drop_last: bool | None = None, seed: int = 0,
-                mode: str = "auto", num_workers: int | None = None, channels_last: bool = False):
+                mode: str = "auto", num_workers: int | None = None, channels_last: bool = False, collate_fn=None):
     """The loader for ``dataset``: an iterable of ``(inputs_on_device, targets_on_device | stems)`` with
     ``len()`` = batches per epoch and, for training, ``set_epoch(epoch)`` to call before each epoch.
 
@@ -652,7 +652,8 @@ def make_loader(dataset, *, batch_size: int, device, train: bool, drop_last: boo
     overrides).  ``mode="auto"``: gpu on CUDA when the dataset allows it, else workers.
     Training (``train=True``) shuffles in an order drawn from (seed, epoch) alone and drops an incomplete last
     batch unless ``drop_last`` says otherwise (a last batch of one image would break BatchNorm); evaluation
-    keeps every item in order.
+    keeps every item in order. ``collate_fn``: the DataLoader's (e.g. for a dataset whose ``__getitems__``
+    returns whole batches).
     """
     if mode not in LOADER_MODES:
         raise ValueError(f"loader mode must be one of {LOADER_MODES}, got {mode!r}")
@@ -666,9 +667,11 @@ def make_loader(dataset, *, batch_size: int, device, train: bool, drop_last: boo
     settings = loader_settings(device, num_workers)
     if train:
         loader = DataLoader(dataset, batch_size=batch_size, sampler=EpochShuffleSampler(len(dataset), seed),
-                            drop_last=drop_last, generator=torch.Generator().manual_seed(seed), **settings)
+                            drop_last=drop_last, generator=torch.Generator().manual_seed(seed), collate_fn=collate_fn,
+                            **settings)
     else:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, **settings)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, collate_fn=collate_fn,
+                            **settings)
     return DeviceLoader(loader, device, channels_last)
 
 

@@ -47,8 +47,8 @@ import pipeline
 import recipe
 from config import RESUME_MUTABLE, Config
 from engine import ModelEma, evaluate, predict, train_one_epoch, update_graphs
-from runtime import (amp_settings, determinism, derived_seed, hardware_info, resolve_device, rng_state,
-                     seed_everything, set_rng_state)
+from runtime import (amp_settings, derived_seed, determinism, hardware_info, resolve_device, rng_state,
+                     seed_everything, set_rng_state, uses_channels_last)
 
 __all__ = ["fit", "estimate_run", "load_run", "predict_run", "resolve_checkpoint", "save_checkpoint", "load_checkpoint",
            "saved_config", "read_history", "CSV_COLUMNS"]
@@ -298,10 +298,13 @@ def _cached_inputs(config: Config, net, full, train_idx, val_idx, run_dir: Path,
     # read from the memory-mapped store in this process: no workers needed
     train_loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
                                         drop_last=recipe.drop_last(len(train_set), config.batch_size),
-                                        seed=config.seed, mode="workers", num_workers=0)
+                                        seed=config.seed, mode="workers", num_workers=0,
+                                        collate_fn=features.whole_batch)
     val_loaders = [pipeline.make_loader(val_set, batch_size=config.batch_size * 2, device=device, train=False,
-                                        mode="workers", num_workers=0) for val_set in val_sets]
-    return Inputs(train_loader, val_loaders, features.Tail(net, k), channels_last=False, tta_hflip=False,
+                                        mode="workers", num_workers=0, collate_fn=features.whole_batch)
+                   for val_set in val_sets]
+    return Inputs(train_loader, val_loaders, features.Tail(net, k), tta_hflip=False,
+                  channels_last=uses_channels_last(device, config.channels_last),  # maps; vectors stay as they are
                   description="DataLoader over the feature cache", store=store, cache_stages=k)
 
 
@@ -318,7 +321,7 @@ def _image_inputs(config: Config, full, train_idx, val_idx, device) -> Inputs:
         cache_file = Path(config.out_dir) / "image-cache" / f"{full.img_dir.resolve().parents[1].name}-{cache_mode}.pt"
         source = pipeline.cache_dataset(full, cache_mode, path=cache_file, device=device)
     train_tf, eval_tf = recipe.presets_for(config)
-    channels_last = config.channels_last and device.type == "cuda"
+    channels_last = uses_channels_last(device, config.channels_last)
     mode = "gpu" if gpu_path else "workers"
     train_set = dataset.TransformSubset(source, train_idx, train_tf)
     train_loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
@@ -502,8 +505,7 @@ def _finish(config: Config, run_dir: Path, device, net, inputs: Inputs, training
     cross_fit = None
     if config.cross_fit_folds and status != "stopped":
         phase_start = time.perf_counter()
-        result = features.cross_fit(net, inputs.store, initial_state, training.criterion, full.targets, config, device,
-                                    training.amp_dtype)
+        result = features.cross_fit(net, inputs.store, initial_state, training.criterion, full.targets, config, device)
         save_checkpoint(run_dir / "final.pt", {
             "model": result.final_net.state_dict(), "ema": None, "epoch": config.epochs, "config": config.to_dict(),
             "thresholds": result.thresholds.to_dict(), "class_names": list(dataset.CLASSES), "split": "split.json",
@@ -581,7 +583,7 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
         try:
             if config.prior_from_data:
                 models.set_head_prior(net, full.targets[train_idx].mean(axis=0))
-            channels_last = config.channels_last and device.type == "cuda"
+            channels_last = uses_channels_last(device, config.channels_last)
             net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
             # cross-fitting starts every head from here
             initial_state = copy.deepcopy(net.state_dict()) if config.cross_fit_folds else None
@@ -624,15 +626,15 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", devic
     test_set = dataset.COCOTestImageDataset(dataset.course_dirs(root)["test_images"])
     batch_size = batch_size or config.batch_size * 2
     if config.cache_stages > 0:
-        model.to(device)
+        model.to(device, memory_format=torch.channels_last if uses_channels_last(device, config.channels_last)
+                 else torch.preserve_format)  # the tail as the run evaluated it
         probs = features.predict_cached(model, config, test_set, device, batch_size=batch_size,
-                                        num_workers=num_workers, progress=progress,
-                                        amp_dtype=amp_settings(device, config.amp)[0])
+                                        num_workers=num_workers, progress=progress)
         stems = list(test_set.stems)
     else:
         _, eval_tf = recipe.presets_for(config)
         test_set.transform = eval_tf
-        channels_last = config.channels_last and device.type == "cuda"
+        channels_last = uses_channels_last(device, config.channels_last)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         loader = pipeline.make_loader(test_set, batch_size=batch_size, device=device, train=False, mode="workers",
                                       num_workers=num_workers, channels_last=channels_last)

@@ -163,10 +163,15 @@ def test_checkpoint_restores_model_thresholds_and_config(tiny_run, demo_root):
                                          max_images=config.max_train_images)
     _, val_idx = dataset.load_split(run_dir / "split.json", full.stems)
     eval_tf = dataset.EvalPreset(image_size=config.image_size, mean=model.spec.mean, std=model.spec.std)
-    loader = DataLoader(dataset.TransformSubset(full, val_idx, eval_tf), batch_size=32)
-    probs = engine.evaluate(model, loader, "cpu", progress=False)["probs"]
+    loader = DataLoader(dataset.TransformSubset(full, val_idx, eval_tf), batch_size=2 * config.batch_size)
+    cpu = torch.device("cpu")  # evaluated in the run's precision and memory format
+    channels_last = runtime.uses_channels_last(cpu, config.channels_last)
+    model.to(memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    probs = engine.evaluate(model, loader, cpu, amp_dtype=runtime.amp_settings(cpu, config.amp)[0],
+                            channels_last=channels_last, progress=False)["probs"]
     scores = metrics.leaderboard_scores(thresholds.apply(probs), full.targets[val_idx], warn=False)
     assert scores["f1"] == pytest.approx(checkpoint["metrics"]["val/f1"], abs=1e-9)
+    assert np.array_equal(probs.numpy(), np.load(run_dir / "val_outputs.npz")["probs"])
 
 
 def test_the_run_folder_keeps_the_validation_outputs_of_the_selected_model(tiny_run, demo_root):
