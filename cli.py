@@ -1,7 +1,8 @@
 """The command line, ``python -m loops train|predict|bench``: arguments in, one run or prediction out.
 
-A failure the user can act on (missing data, a bad setting, missing pretrained weights, an invalid
-predictions file) ends in one ``error: ...`` line on stderr and exit status 2, not a traceback.
+A failure (missing or broken data, a bad setting, missing pretrained weights, a full or read-only disk, an invalid
+predictions file) ends in one ``error: ...`` message on stderr that names the file and says what to do, and exit
+status 2; ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--num-workers", type=int, help="DataLoader workers (default: chosen from the hardware)")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar")
     commands.add_parser("bench", help="input-pipeline benchmark (`python -m loops bench --help`)", add_help=False)
+    for command in (train, pred):
+        command.add_argument("--debug", action="store_true", help="on failure, show the Python traceback instead of "
+                                                                  "one error line")
     return parser
 
 
@@ -70,11 +74,7 @@ def config_from_args(args: argparse.Namespace) -> Config | None:
 
 
 def _train(args) -> int:
-    try:
-        config = config_from_args(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
     result = runs.fit(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
     if result["best"] is not None:
         best = result["best"]
@@ -95,6 +95,20 @@ def _predict(args) -> int:
     return 0
 
 
+# Failures whose message already says what went wrong and what to do: printed as they are. Anything else is
+# printed with its type (a bug, most likely): --debug shows its traceback.
+_EXPECTED = (ValueError, OSError, FloatingPointError, metrics.PredictionsError, costs.ResourceError,
+             models.PretrainedWeightsUnavailable)
+
+
+def describe(err: BaseException) -> str:
+    """The text after ``error:`` for a failure of a command."""
+    if isinstance(err, models.PretrainedWeightsUnavailable):
+        return f"{err}\n(on the command line, pretrained=False is --no-pretrained)"
+    text = str(err) if isinstance(err, _EXPECTED) else f"{type(err).__name__}: {err}"
+    return text + ("" if isinstance(err, _EXPECTED) else " (run again with --debug for the traceback)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
@@ -102,11 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _train(args) if args.command == "train" else _predict(args)
-    except models.PretrainedWeightsUnavailable as err:
-        print(f"error: {err}\n(on the command line, pretrained=False is --no-pretrained)", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130  # fit printed how to resume
-    except (FileNotFoundError, metrics.PredictionsError, costs.ResourceError) as err:  # missing files, bad JSON, too big
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # one line for the user; the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: {describe(err)}", file=sys.stderr)
         return 2

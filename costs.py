@@ -25,8 +25,8 @@ import pipeline
 import recipe
 from config import Config
 from engine import evaluate, train_one_epoch
-from runtime import (amp_settings, available_memory_bytes, current_memory_bytes, free_disk_bytes, inference_settings,
-                     loader_settings)
+from runtime import (amp_settings, available_memory_bytes, current_memory_bytes, free_disk_bytes,
+                     inference_batch_size, inference_settings, loader_settings)
 
 __all__ = ["Estimate", "ResourceError", "estimate", "check", "format_bytes", "format_seconds"]
 
@@ -150,8 +150,10 @@ def _inputs_of(config: Config, net, device) -> tuple[nn.Module, torch.Tensor, in
 def _measure(config: Config, net, device) -> dict:
     """Speeds (images per second) and per-image activation sizes of this run's network on this machine."""
     device = torch.device(device)
-    batch = config.batch_size if device.type == "cuda" else min(8, config.batch_size)
     image_size = config.image_size or net.spec.input_size
+    # CPU: a few images time the per-image cost well enough, and a forward-only pass runs in small batches anyway
+    batch = config.batch_size if device.type == "cuda" else min(8, config.batch_size)
+    forward_batch = inference_batch_size(device, image_size, config.batch_size)
     measured = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         probe = copy.deepcopy(net).to(device)
@@ -176,21 +178,22 @@ def _measure(config: Config, net, device) -> dict:
         else:
             images = torch.randn(batch, 3, image_size, image_size)
             loader = [(images, targets.expand(batch, -1).clone())]
-            eval_loader = loader
+            eval_loader = [(images[:forward_batch], targets.expand(min(batch, forward_batch), -1).clone())]
             batches_per_run = batch
         criterion = recipe.build_criterion(config, np.zeros((2, probe.num_classes))).to(device)
         measured["train_ips"] = _rate(lambda: train_one_epoch(module, loader, criterion, optimizer, device,
                                                               scaler=scaler, amp_dtype=amp_dtype, progress=False),
                                       batches_per_run)
         measured["eval_ips"] = _rate(lambda: evaluate(module, eval_loader, device, amp_dtype=amp_dtype,
-                                                      progress=False), batches_per_run)
+                                                      progress=False), len(eval_loader[0][0]) if not config.cache_stages
+                                     else batches_per_run)
         if config.cache_stages:
             cache_dtype, channels_last = inference_settings(device, config.amp)
-            images = torch.randn(batch, 3, image_size, image_size)
+            images = torch.randn(forward_batch, 3, image_size, image_size)
             with features.InferenceFormat(probe, device, config.amp), torch.inference_mode():
                 measured["extract_ips"] = _rate(lambda: features.compute(
                     probe, config.cache_stages, images, device=device, amp_dtype=cache_dtype,
-                    channels_last=channels_last), batch)
+                    channels_last=channels_last), forward_batch)
                 _, measured["extract_elements"] = _activations(
                     nn.Sequential(*probe.stages[:config.cache_stages]), torch.randn(1, 3, image_size, image_size))
         measured["trainable_parameters"] = sum(p.numel() for p in probe.parameters() if p.requires_grad)
@@ -243,12 +246,13 @@ def estimate(config: Config, net, source, *, n_train: int, n_val: int, n_test: i
 
     # memory: what stays for the whole run, plus the widest phase's batches
     bytes_per = 2 if amp_settings(device, config.amp)[0] is not None else 4
+    forward_batch = inference_batch_size(device, config.image_size or net.spec.input_size, config.batch_size)
     train_batch = 2 * measured["train_elements"] * bytes_per * config.batch_size
-    eval_batch = 3 * measured["eval_elements"] * bytes_per * 2 * config.batch_size
+    eval_batch = 3 * measured["eval_elements"] * bytes_per * (2 * config.batch_size if k else forward_batch)
     batches = max(train_batch, eval_batch)
     if k:
         extract_bytes = 2 if inference_settings(device, config.amp)[0] is not None else 4
-        batches = max(batches, 3 * measured["extract_elements"] * extract_bytes * 2 * config.batch_size)
+        batches = max(batches, 3 * measured["extract_elements"] * extract_bytes * forward_batch)
     result.memory["process now"] = current_memory_bytes()
     result.memory["batches"] = int(batches)
     result.memory["optimiser"] = int(measured["trainable_parameters"] * 4 * (3 + (config.ema_decay > 0)))

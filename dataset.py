@@ -44,7 +44,7 @@ CLASSES: tuple[str, ...] = (
 NUM_CLASSES = len(CLASSES)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-_INTEGER = re.compile(r"[+-]?\d+")
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: Python's int() would also read '٤٥' as 45
 _MAX_LISTED = 5  # how many offending names an error message shows
 
 
@@ -104,8 +104,38 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
                 peak = array.max() if array.size and array.max() > 0 else 1.0
                 img = Image.fromarray((array / peak * 255).astype(np.uint8))
             return img.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise OSError(f"{path}: image too large to decode safely ({err}); the course's photos are 224 px on their "
+                      "long side: is this the right file?") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise OSError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+
+
+def unreadable_images(paths: Sequence[Path], *, progress: bool = False, desc: str = "checking images",
+                      threads: int | None = None) -> list[tuple[Path, str]]:
+    """(path, reason) of every image among ``paths`` that :func:`load_rgb` cannot decode, found by decoding them
+    all (several threads: file reads and JPEG decoding release the GIL). The course's 65,000 images take about
+    a minute on two cores; an unreadable one found here cannot stop a long run halfway."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    def problem(path):
+        try:
+            load_rgb(path)
+        except OSError as err:
+            return str(err)
+        return None
+
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        reasons = list(tqdm(pool.map(problem, paths, chunksize=64), total=len(paths), desc=desc, unit="img",
+                            disable=not progress, leave=False, dynamic_ncols=True))
+    return [(Path(path), reason) for path, reason in zip(paths, reasons) if reason is not None]
+
+
+def _bad_images_message(bad: Sequence[tuple[Path, str]], folder: Path, remedy: str) -> str:
+    shown = "; ".join(reason for _, reason in bad[:_MAX_LISTED]) + ("; ..." if len(bad) > _MAX_LISTED else "")
+    return f"{len(bad)} image(s) in {folder} cannot be read: {shown} ({remedy})"
 
 
 def _list_images(folder: Path) -> dict[str, Path]:
@@ -150,19 +180,24 @@ class _ImageListDataset(Dataset):
 class COCOTrainImageDataset(_ImageListDataset):
     """Labelled training images: ``dataset[i] -> (image, 80-dim float multi-hot tensor)``.
 
-    Same constructor and items as the course's class, plus keyword-only safety switches:
+    Same constructor and items as the course's class, plus keyword-only safety switches. Faults stop the
+    construction with an error that names the files, unless their switch says to leave them out (then a count
+    is printed):
 
-    - ``skip_unmatched``: drop label files without an image and images without a label file
-      (and print how many) instead of raising.
-    - ``skip_unreadable``: decode every image once now and drop those that fail (printing how
-      many) instead of raising later, mid-epoch, on the first broken file.
+    - ``skip_unmatched``: label files without an image, images without a label file.
+    - ``skip_empty``: label files with no class index. Every course image holds at least one object, so an
+      empty file is a broken one rather than a photo of nothing: by default it is an error.
+    - ``check_images``: decode every image now (:func:`unreadable_images`, with a progress bar when
+      ``progress``), so that a broken file cannot stop an epoch halfway; ``skip_unreadable`` leaves out those
+      that fail (it implies the check).
 
     ``stems`` (sorted, like the course) and ``targets`` (``float32`` array N x 80) are ready
     after construction; ``load_image(i)`` returns the untransformed PIL image.
     """
 
     def __init__(self, img_dir, annotations_dir, max_images=None, transform=None, *,
-                 skip_unmatched: bool = False, skip_unreadable: bool = False):
+                 skip_unmatched: bool = False, skip_empty: bool = False, check_images: bool = False,
+                 skip_unreadable: bool = False, progress: bool = False):
         self.img_dir = Path(img_dir)
         self.annotations_dir = Path(annotations_dir)
         self.transform = transform
@@ -183,7 +218,8 @@ class COCOTrainImageDataset(_ImageListDataset):
             problems.append(f"{len(images_only)} image(s) in {self.img_dir} have no label file in "
                             f"{self.annotations_dir}: {_first_names(images_only)}")
         if problems and not skip_unmatched:
-            raise FileNotFoundError("; ".join(problems) + " (pass skip_unmatched=True to skip them)")
+            raise FileNotFoundError("; ".join(problems) + " (pass skip_unmatched=True, on the command line "
+                                                          "--skip-bad-files, to leave them out)")
         if problems:
             print(f"COCOTrainImageDataset: skipped {len(labels_only)} label file(s) without image and "
                   f"{len(images_only)} image(s) without label file")
@@ -191,11 +227,25 @@ class COCOTrainImageDataset(_ImageListDataset):
         stems = sorted(set(label_files) & set(images))
         if max_images:
             stems = stems[:max_images]
-        if skip_unreadable:
-            readable = [stem for stem in stems if _decodes(images[stem])]
-            if len(readable) < len(stems):
-                print(f"COCOTrainImageDataset: skipped {len(stems) - len(readable)} unreadable image(s)")
-            stems = readable
+        labels = {stem: read_label_file(label_files[stem]) for stem in stems}
+        empty = [stem for stem in stems if not labels[stem]]
+        if empty and not skip_empty:
+            raise ValueError(f"{len(empty)} label file(s) in {self.annotations_dir} hold no class index: "
+                             f"{_first_names([label_files[stem].name for stem in empty])}; every course image holds "
+                             "at least one object, so these files are probably broken (pass skip_empty=True, on the "
+                             "command line --skip-bad-files, to leave their images out)")
+        if empty:
+            print(f"COCOTrainImageDataset: skipped {len(empty)} image(s) whose label file is empty")
+            stems = [stem for stem in stems if labels[stem]]
+        if check_images or skip_unreadable:
+            bad = unreadable_images([images[stem] for stem in stems], progress=progress, desc="checking images")
+            if bad and not skip_unreadable:
+                raise OSError(_bad_images_message(bad, self.img_dir, "pass skip_unreadable=True, on the command "
+                                                                     "line --skip-bad-files, to leave them out"))
+            if bad:
+                unreadable = {path.stem for path, _ in bad}
+                print(f"COCOTrainImageDataset: skipped {len(bad)} unreadable image(s), e.g. {bad[0][1]}")
+                stems = [stem for stem in stems if stem not in unreadable]
         if not stems:
             raise ValueError(f"no usable training images in {self.img_dir}")
 
@@ -203,16 +253,19 @@ class COCOTrainImageDataset(_ImageListDataset):
         self.image_paths: list[Path] = [images[s] for s in stems]
         self.targets = np.zeros((len(stems), NUM_CLASSES), dtype=np.float32)
         for row, stem in enumerate(stems):
-            self.targets[row, read_label_file(label_files[stem])] = 1.0
+            self.targets[row, labels[stem]] = 1.0
 
     def __getitem__(self, idx):
         return self.transformed_image(idx), torch.from_numpy(self.targets[idx].copy())
 
 
 class COCOTestImageDataset(_ImageListDataset):
-    """Unlabelled test images: ``dataset[i] -> (image, stem)``, stems sorted like the course."""
+    """Unlabelled test images: ``dataset[i] -> (image, stem)``, stems sorted like the course.
 
-    def __init__(self, img_dir, transform=None):
+    ``check_images``: decode every image now; an unreadable one is an error naming it (every test image needs a
+    prediction, so none can be left out)."""
+
+    def __init__(self, img_dir, transform=None, *, check_images: bool = False, progress: bool = False):
         self.img_dir = Path(img_dir)
         self.transform = transform
         images = _list_images(self.img_dir)
@@ -220,17 +273,14 @@ class COCOTestImageDataset(_ImageListDataset):
             raise FileNotFoundError(f"no images in {self.img_dir}")
         self.stems: list[str] = sorted(images)
         self.image_paths: list[Path] = [images[s] for s in self.stems]
+        if check_images:
+            bad = unreadable_images(self.image_paths, progress=progress, desc="checking test images")
+            if bad:
+                raise OSError(_bad_images_message(bad, self.img_dir, "every test image needs a prediction: "
+                                                                     "replace them with readable copies"))
 
     def __getitem__(self, idx):
         return self.transformed_image(idx), self.stems[idx]
-
-
-def _decodes(path: Path) -> bool:
-    try:
-        load_rgb(path)
-    except OSError:
-        return False
-    return True
 
 
 class TransformSubset(Dataset):

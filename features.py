@@ -49,8 +49,8 @@ import pipeline
 import recipe
 from config import Config
 from engine import ModelEma, evaluate, train_one_epoch
-from runtime import (amp_settings, autocast, derived_seed, inference_settings, loader_settings, seed_everything, to_device,
-                     uses_channels_last)
+from runtime import (amp_settings, autocast, derived_seed, inference_batch_size, inference_settings, loader_settings,
+                     seed_everything, to_device, uses_channels_last)
 
 __all__ = ["FlippedView", "cache_views", "pooled", "compute", "InferenceFormat", "FeatureStore", "extract",
            "FeatureBank", "whole_batch", "Tail", "train_head", "view_probs", "CrossFit", "cross_fit", "predict_cached", "feature_shape",
@@ -150,6 +150,15 @@ class FeatureStore:
         np.lib.format.open_memmap(self.folder / "bank.npy", mode="w+", dtype=np.float16, shape=self.shape).flush()
         files.write_json(self.folder / "done.json", [])
         files.write_json(meta_path, meta)  # written last: a folder without it is rebuilt
+
+    @classmethod
+    def open(cls, folder) -> "FeatureStore":
+        """An existing store as it was written (its ``meta.json``); FileNotFoundError if there is none."""
+        meta_path = Path(folder) / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{folder}: no feature store here (no meta.json)")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        return cls(folder, meta["fingerprint"], meta["shape"], meta["chunk_images"])
 
     @property
     def n_views(self) -> int:
@@ -344,8 +353,8 @@ def view_probs(module, store, rows, views: Sequence[int], batch_size: int, devic
 
 @dataclass
 class CrossFit:
-    """What :func:`cross_fit` computed: out-of-fold probabilities of every labelled image (rows of the store),
-    their folds, the thresholds tuned on them, the final head's network and a summary record."""
+    """What :func:`cross_fit` computed: out-of-fold probabilities of every image it was given (in the order of its
+    ``rows``), their folds, the thresholds tuned on them, the final head's network and a summary record."""
 
     folds: np.ndarray
     oof: np.ndarray
@@ -354,7 +363,8 @@ class CrossFit:
     record: dict
 
 
-def cross_fit(net, store, initial_state, criterion, all_targets: np.ndarray, config: Config, device) -> CrossFit:
+def cross_fit(net, store, initial_state, criterion, all_targets: np.ndarray, config: Config, device,
+              rows=None) -> CrossFit:
     """Out-of-fold thresholds and a head trained on every labelled image (``Config.cross_fit_folds``).
 
     Why: the validation split holds a fifth of a small dataset, so each rare class's threshold is fitted on a
@@ -362,32 +372,35 @@ def cross_fit(net, store, initial_state, criterion, all_targets: np.ndarray, con
     epochs, schedule, views), each predict the fold they did not see; thresholds are tuned on those
     out-of-fold probabilities of *all* images, and the final head is trained on all of them (the run engine
     saves it as ``final.pt``, the model ``predict`` uses). Measured on coco-mini: see ``study/results.csv``.
+    ``rows``: the store rows (labelled images) to cross-fit on, default all; the results follow their order.
     """
     started = time.perf_counter()
-    folds = dataset.kfold_assignments(all_targets, config.cross_fit_folds, seed=config.split_seed)
-    oof = np.zeros(all_targets.shape, dtype=np.float32)
+    rows = np.arange(len(all_targets)) if rows is None else np.asarray(rows)
+    targets = all_targets[rows]
+    folds = dataset.kfold_assignments(targets, config.cross_fit_folds, seed=config.split_seed)
+    oof = np.zeros(targets.shape, dtype=np.float32)
     eval_views = cache_views(config)[2]
     amp_dtype = amp_settings(torch.device(device), config.amp)[0]  # evaluated as the run evaluates
     channels_last = uses_channels_last(torch.device(device), config.channels_last)
     fold_maps = []
     for fold in range(config.cross_fit_folds):
-        fit_rows, held_rows = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-        module = train_head(net, initial_state, criterion, store, all_targets, fit_rows, config, device,
+        fit, held = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+        module = train_head(net, initial_state, criterion, store, all_targets, rows[fit], config, device,
                             seed=config.seed + 1 + fold, desc=f"cross-fit fold {fold + 1}")
-        oof[held_rows] = view_probs(module, store, held_rows, eval_views, config.batch_size * 2, device, amp_dtype,
-                                    channels_last)
-        fold_maps.append(metrics.mean_average_precision(oof[held_rows], all_targets[held_rows]))
-        print(f"cross-fit fold {fold + 1}/{config.cross_fit_folds}: {len(fit_rows)} images to train, "
-              f"{len(held_rows)} held out, mAP {fold_maps[-1]:.4f}", flush=True)
-    thresholds = metrics.tune_thresholds(oof, all_targets, **config.tuning_options())
-    tuned = metrics.leaderboard_scores(thresholds.apply(oof), all_targets, warn=False)
-    module = train_head(net, initial_state, criterion, store, all_targets, np.arange(len(all_targets)), config,
-                        device, seed=config.seed, desc="cross-fit final head")
-    n_images = len(all_targets)
+        oof[held] = view_probs(module, store, rows[held], eval_views, config.batch_size * 2, device, amp_dtype,
+                               channels_last)
+        fold_maps.append(metrics.mean_average_precision(oof[held], targets[held]))
+        print(f"cross-fit fold {fold + 1}/{config.cross_fit_folds}: {len(fit)} images to train, "
+              f"{len(held)} held out, mAP {fold_maps[-1]:.4f}", flush=True)
+    thresholds = metrics.tune_thresholds(oof, targets, **config.tuning_options())
+    tuned = metrics.leaderboard_scores(thresholds.apply(oof), targets, warn=False)
+    module = train_head(net, initial_state, criterion, store, all_targets, rows, config, device, seed=config.seed,
+                        desc="cross-fit final head")
+    n_images = len(rows)
     record = {"folds": config.cross_fit_folds, "images": int(n_images), "epochs": config.epochs,
-              "oof_map": metrics.mean_average_precision(oof, all_targets), "fold_maps": fold_maps,
+              "oof_map": metrics.mean_average_precision(oof, targets), "fold_maps": fold_maps,
               "oof_f1": tuned["f1"], "oof_precision": tuned["precision"], "oof_recall": tuned["recall"],
-              "oof_f1@0.5": metrics.leaderboard_scores(oof > 0.5, all_targets, warn=False)["f1"],
+              "oof_f1@0.5": metrics.leaderboard_scores(oof > 0.5, targets, warn=False)["f1"],
               "time_s": time.perf_counter() - started, "thresholds": thresholds.to_dict()}
     print(f"cross-fit ({config.cross_fit_folds} folds, {n_images} images, {record['time_s']:.0f}s): out-of-fold "
           f"mAP {record['oof_map']:.4f}, tuned F1 {tuned['f1']:.4f} (in-sample on the out-of-fold probabilities); "
@@ -409,7 +422,8 @@ def predict_cached(net, config: Config, source, device, *, batch_size: int | Non
     tail = Tail(net, config.cache_stages)  # the tail as the run evaluated it (its memory format, its precision)
     extractor = copy.deepcopy(net)  # the frozen stages as the cache ran them
     loader = DataLoader(dataset.TransformSubset(source, np.arange(len(source)), eval_tf),
-                        batch_size=batch_size or config.batch_size * 2, shuffle=False,
+                        batch_size=batch_size or inference_batch_size(device, eval_tf.image_size, config.batch_size),
+                        shuffle=False,
                         **loader_settings(device, num_workers))
     probs = []
     with InferenceFormat(extractor, device, config.amp) as fmt:

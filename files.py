@@ -11,13 +11,16 @@ Only the standard library is imported, so ``python -m metrics`` stays fast.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 TEMP_SUFFIX = ".tmp"
+FULL_DISK_BYTES = 64 * 2**20  # a write that fails with less free space than this is reported as a full disk
 
 
 def write_atomic(path, write: Callable) -> Path:
@@ -27,18 +30,45 @@ def write_atomic(path, write: Callable) -> Path:
     temporary file removed and ``path`` untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    handle, temp_name = _temp_beside(path)
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(temp_name):
             os.remove(temp_name)
+        free = shutil.disk_usage(path.parent).free
+        if isinstance(err, Exception) and free < FULL_DISK_BYTES:
+            # what a full disk raises depends on the writer (torch.save: "RuntimeError: [enforce fail at
+            # inline_container.cc:672] . unexpected pos"): say what happened, with the file's name
+            raise OSError(errno.ENOSPC, f"{path}: not written, the disk is full ({free / 2**20:.0f} MiB free); free "
+                                        f"some space and run again (the previous version of the file is intact)") from err
         raise
+    return path
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in ``path``'s folder (created if needed); OSError naming ``path`` if impossible."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{path} is a folder: give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as err:
+        raise OSError(err.errno, f"{path}: cannot write there ({err.strerror or err}); choose another place") \
+            from err
+
+
+def check_writable(path) -> Path:
+    """Make sure ``path`` can be written before long work that ends by writing it; OSError naming the path and
+    the reason otherwise (a folder in its place, a read-only or missing parent)."""
+    path = Path(path)
+    handle, probe = _temp_beside(path)
+    os.close(handle)
+    os.remove(probe)
     return path
 
 
@@ -52,15 +82,17 @@ def write_json(path, obj, indent: int | None = 2) -> Path:
     return write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
-def remove_stale_temps(folder) -> list[Path]:
+def remove_stale_temps(folder, name: str | None = None) -> list[Path]:
     """Delete the temporary files that :func:`write_atomic` left in ``folder`` when it was killed mid-write
-    (``.<name>.<random>.tmp``); returns what was removed. Call it only where no other process is writing."""
+    (``.<name>.<random>.tmp``; only those of ``name`` when given); returns what was removed. Call it only
+    where no other process is writing."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    prefix = f".{name}." if name else "."
     removed = []
     for entry in folder.iterdir():
-        if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
+        if entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
             entry.unlink()
             removed.append(entry)
     return removed

@@ -761,12 +761,26 @@ def load_predictions(path):
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise PredictionsError([f"cannot read the file: {error}"], str(path)) from error
+    repeated = []
+
+    def refuse_duplicates(pairs):
+        # json keeps the last of two equal keys without a word; the leaderboard would see one list of the two
+        counts = {}
+        for key, _ in pairs:
+            counts[key] = counts.get(key, 0) + 1
+        repeated.extend(key for key, count in counts.items() if count > 1)
+        return dict(pairs)
+
     try:
-        return json.loads(text)
+        obj = json.loads(text, object_pairs_hook=refuse_duplicates)
     except json.JSONDecodeError as error:
         raise PredictionsError(
             [f"not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"], str(path)
         ) from error
+    if repeated:
+        raise PredictionsError([f"{len(repeated)} key(s) appear more than once (first: {_examples(repeated)}); "
+                                "each test image must appear exactly once"], str(path))
+    return obj
 
 
 def test_stems(test_dir) -> list[str]:

@@ -108,5 +108,11 @@ def make_scheduler(optimizer, peak_lrs: Sequence[float], config: Config, steps_p
         phase_epochs = config.epochs
     else:
         phase_epochs = frozen if epoch < frozen else config.epochs - frozen
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=list(peak_lrs),
-                                               total_steps=phase_epochs * steps_per_epoch, pct_start=config.pct_start)
+    total_steps = phase_epochs * steps_per_epoch
+    pct_start = config.pct_start
+    if abs(pct_start * total_steps - 1.0) < 1e-9:
+        # OneCycleLR cannot ramp up over exactly one step (it divides by pct_start * total_steps - 1): such a short
+        # run (5 steps at pct_start 0.2) warms up within its first step instead.
+        pct_start = 0.5 / total_steps
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=list(peak_lrs), total_steps=total_steps,
+                                               pct_start=pct_start)

@@ -45,6 +45,7 @@ import dataset
 import metrics
 import models
 import recipe
+import runs
 from config import Config
 
 CLASSES = dataset.CLASSES
@@ -476,8 +477,7 @@ def validation_outputs(run_dir, data_root=None) -> dict:
     root = dataset.find_data_root(data_root or config.data_root)
     if root is None:
         raise FileNotFoundError(f"{run_dir}: no data root given and the run's ({config.data_root}) is not found")
-    dirs = dataset.course_dirs(root)
-    source = dataset.COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"], max_images=config.max_train_images)
+    source = runs.labelled_images(config.replace(data_root=str(root)))
     train_idx, val_idx = dataset.load_split(run_dir / "split.json", source.stems)
     path = run_dir / "val_outputs.npz"
     if not path.is_file():
@@ -907,6 +907,8 @@ def collect_runs(runs_dir) -> tuple[pd.DataFrame, list[str]]:
             status, wall, epochs_done = "unfinished", float(history["time_s"].sum()), len(history)
         else:
             best, status, wall, epochs_done = {}, "no epoch", float("nan"), 0
+        if summary is not None and summary.get("status") == "failed":  # runs.fit marks a run that raised
+            status = "failed"
         rows.append({"run": run_dir.name, "model": config["model"], "recipe": _recipe(config),
                      "data": Path(split.get("data_root", config.get("data_root") or "?")).name,
                      "train/val images": f"{len(split.get('train', []))}/{len(split.get('val', []))}",

@@ -26,8 +26,10 @@ import datetime as dt
 import io
 import json
 import math
+import pickle
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -47,10 +49,10 @@ import pipeline
 import recipe
 from config import RESUME_MUTABLE, Config
 from engine import ModelEma, evaluate, predict, train_one_epoch, update_graphs
-from runtime import (amp_settings, derived_seed, determinism, hardware_info, resolve_device, rng_state,
-                     seed_everything, set_rng_state, uses_channels_last)
+from runtime import (amp_settings, derived_seed, determinism, hardware_info, inference_batch_size, resolve_device,
+                     rng_state, seed_everything, set_rng_state, uses_channels_last)
 
-__all__ = ["fit", "estimate_run", "load_run", "predict_run", "resolve_checkpoint", "save_checkpoint", "load_checkpoint",
+__all__ = ["fit", "estimate_run", "labelled_images", "load_run", "predict_run", "resolve_checkpoint", "save_checkpoint", "load_checkpoint",
            "saved_config", "read_history", "CSV_COLUMNS"]
 
 CSV_COLUMNS = ("epoch", "lr", "train/loss", "train/f1@0.5", "val/loss", "val/f1", "val/f1@0.5", "val/precision",
@@ -75,7 +77,12 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); the file is damaged or "
+                         "cut short (copied while being written?): use another checkpoint of the run, or train "
+                         "again") from err
 
 
 def _write_history(path: Path, rows: Sequence[Mapping]) -> None:
@@ -105,7 +112,12 @@ def _write_val_outputs(path: Path, probs, targets, stems: Sequence[str], epoch: 
 
 def _new_run_dir(config: Config) -> Path:
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files.check_writable(out_dir / "config.json")
+    except OSError as err:
+        raise OSError(err.errno, f"cannot create a run folder in {out_dir} ({err.strerror or err}); choose "
+                                 "another out_dir (--out)") from err
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = config.run_name or config.model
     for attempt in range(1, 1000):  # two runs started within one second get -2, -3, ...
@@ -232,16 +244,28 @@ def _load_data(config: Config) -> tuple[Config, dataset.COCOTrainImageDataset]:
         raise FileNotFoundError("no course data: pass data_root (--data-root), set $MSCOCO_ROOT, or put the "
                                 "data in ./ms-coco (python -m synthetic ms-coco makes a demo dataset)")
     config = config.replace(data_root=str(data_root))
-    dirs = dataset.course_dirs(data_root)
-    return config, dataset.COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"],
-                                                 max_images=config.max_train_images)
+    return config, labelled_images(config, check_images=config.check_images)
+
+
+def labelled_images(config: Config, check_images: bool = False) -> dataset.COCOTrainImageDataset:
+    """The labelled images a run with ``config`` trains on (its data root, ``max_train_images`` and
+    ``skip_bad_files``), decoding every one first with ``check_images``."""
+    dirs = dataset.course_dirs(config.data_root)
+    skip = config.skip_bad_files
+    return dataset.COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"], max_images=config.max_train_images,
+                                         skip_unmatched=skip, skip_empty=skip, check_images=check_images,
+                                         skip_unreadable=skip, progress=config.progress)
 
 
 def _split(config: Config, full, run_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """The run's training and validation rows: a new seeded split, or the resumed run's ``split.json``."""
     if run_dir is not None:
         return dataset.load_split(run_dir / "split.json", full.stems)
-    return dataset.split_train_val(full.targets, config.val_fraction, config.split_seed, config.stratify)
+    train_idx, val_idx = dataset.split_train_val(full.targets, config.val_fraction, config.split_seed, config.stratify)
+    if len(train_idx) < 2:  # BatchNorm cannot train on a batch of one image
+        raise ValueError(f"{len(full)} labelled image(s) leave {len(train_idx)} for training at val_fraction "
+                         f"{config.val_fraction}: a run needs at least 2 (more images, or a smaller val_fraction)")
+    return train_idx, val_idx
 
 
 def _estimate(config: Config, net, full, train_idx, val_idx, device) -> costs.Estimate:
@@ -291,7 +315,8 @@ def _cached_inputs(config: Config, net, full, train_idx, val_idx, run_dir: Path,
     print(f"feature cache: {what} {shape[2:]} x {len(views)} views of {len(full):,} images, "
           f"{store.nbytes / 2**20:,.0f} MiB on disk in {store.folder}", flush=True)
     features.extract(net, k, full, np.arange(len(full)), views, store, device=device,
-                     batch_size=config.batch_size * 2, num_workers=config.num_workers, amp=config.amp,
+                     batch_size=inference_batch_size(device, eval_tf.image_size, config.batch_size),
+                     num_workers=config.num_workers, amp=config.amp,
                      seed=config.seed, progress=config.progress, desc="caching features")
     train_set = features.FeatureBank(store, train_idx, full.targets[train_idx], views=train_views)
     val_sets = [features.FeatureBank(store, val_idx, full.targets[val_idx], view=view) for view in eval_views]
@@ -329,7 +354,8 @@ def _image_inputs(config: Config, full, train_idx, val_idx, device) -> Inputs:
                                         seed=config.seed, mode=mode, num_workers=config.num_workers,
                                         channels_last=channels_last)
     val_loader = pipeline.make_loader(dataset.TransformSubset(source, val_idx, eval_tf),
-                                      batch_size=config.batch_size * 2, device=device, train=False, mode=mode,
+                                      batch_size=inference_batch_size(device, eval_tf.image_size, config.batch_size),
+                                      device=device, train=False, mode=mode,
                                       num_workers=config.num_workers, channels_last=channels_last)
     description = pipeline.loader_description(train_loader) if gpu_path else "DataLoader"
     return Inputs(train_loader, [val_loader], None, channels_last=channels_last, tta_hflip=config.tta_hflip,
@@ -532,6 +558,17 @@ def _finish(config: Config, run_dir: Path, device, net, inputs: Inputs, training
             "history": history, "cross_fit": cross_fit}
 
 
+def _warn_small_split(targets, val_idx) -> None:
+    """Say so when the validation split is too small for its scores to mean much (they are printed anyway)."""
+    val_targets = targets[val_idx] > 0
+    present = int((targets > 0).any(axis=0).sum())
+    covered = int(val_targets.any(axis=0).sum())
+    if len(val_idx) < 100 or covered < present / 2:
+        print(f"warning: the validation split holds {len(val_idx)} image(s) with {covered} of the {present} classes "
+              f"of the data: its F1 and mAP rest on too few images to mean much (use more images or a larger "
+              f"val_fraction)", file=sys.stderr, flush=True)
+
+
 def _interrupted(run_dir: Path, config: Config) -> None:
     if (run_dir / "last.pt").is_file():
         done = load_checkpoint(run_dir / "last.pt")["epoch"]
@@ -578,8 +615,11 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
         train_idx, val_idx = _split(config, full, run_dir)
         estimate = _estimate(config, net, full, train_idx, val_idx, device)
         run_dir = run_dir or _new_folder(config, full, train_idx, val_idx)
+        for folder in (run_dir, run_dir / "features"):  # what a killed write of an earlier start left behind
+            files.remove_stale_temps(folder)
         print(f"run folder: {run_dir}  ({len(train_idx)} training / {len(val_idx)} validation images, {device})",
               flush=True)
+        _warn_small_split(full.targets, val_idx)
         try:
             if config.prior_from_data:
                 models.set_head_prior(net, full.targets[train_idx].mean(axis=0))
@@ -602,6 +642,12 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
         except KeyboardInterrupt:
             _interrupted(run_dir, config)
             raise
+        except Exception as err:  # the folder says it failed (the run table reads it), then the error goes on
+            files.write_json(run_dir / "summary.json", {
+                "status": "failed", "error": f"{type(err).__name__}: {err}", "epochs": config.epochs,
+                "epochs_done": len(read_history(run_dir)), "time_s": time.perf_counter() - started,
+                "model": config.model, "hardware": hardware_info(device)})
+            raise
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -617,14 +663,19 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", devic
     (images with no label), ``global_threshold``, ``at_least_one``, ``checkpoint``.
     """
     started = time.perf_counter()
+    out_path = Path(out_path)
+    files.remove_stale_temps(out_path.parent, out_path.name)
+    files.check_writable(out_path)  # before the inference, not after it
     which = resolve_checkpoint(run_dir, which)
     model, config, thresholds = load_run(run_dir, which)
     device = resolve_device(device or config.device)
     root = dataset.find_data_root(data_root or config.data_root)
     if root is None:
         raise FileNotFoundError("no course data: pass --data-root, or set $MSCOCO_ROOT")
-    test_set = dataset.COCOTestImageDataset(dataset.course_dirs(root)["test_images"])
-    batch_size = batch_size or config.batch_size * 2
+    test_set = dataset.COCOTestImageDataset(dataset.course_dirs(root)["test_images"], check_images=config.check_images,
+                                            progress=progress)
+    _, eval_tf = recipe.presets_for(config)
+    batch_size = batch_size or inference_batch_size(device, eval_tf.image_size, config.batch_size)
     if config.cache_stages > 0:
         model.to(device, memory_format=torch.channels_last if uses_channels_last(device, config.channels_last)
                  else torch.preserve_format)  # the tail as the run evaluated it
@@ -632,7 +683,6 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", devic
                                         num_workers=num_workers, progress=progress)
         stems = list(test_set.stems)
     else:
-        _, eval_tf = recipe.presets_for(config)
         test_set.transform = eval_tf
         channels_last = uses_channels_last(device, config.channels_last)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)

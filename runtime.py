@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "resolve_device", "amp_settings", "uses_channels_last", "cpu_has_native_bf16", "inference_settings", "autocast", "to_device",
+    "resolve_device", "amp_settings", "uses_channels_last", "cpu_has_native_bf16", "inference_settings",
+    "inference_batch_size", "autocast", "to_device",
     "seed_everything", "derived_seed", "rng_state", "set_rng_state", "determinism", "cpu_count", "loader_settings",
     "available_memory_bytes", "current_memory_bytes", "peak_memory_bytes", "free_disk_bytes", "hardware_info",
 ]
@@ -99,6 +100,20 @@ def autocast(device: torch.device, amp_dtype):
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+# Forward-only passes over images on a CPU run fastest in small batches, whose activations stay in the caches:
+# measured on a 2-core CPU (bfloat16, channels_last), EfficientNet-Lite2 at 384 px 40 img/s in batches of 8 and
+# 13 img/s in batches of 128; EfficientNet-Lite0 at 224 px 170-214 img/s in batches of 8-16, 59 img/s in 128.
+_CPU_BATCH_PIXELS = 820_000  # about 5 images of 384 x 384, 16 of 224 x 224
+
+
+def inference_batch_size(device: torch.device, image_size: int, batch_size: int) -> int:
+    """Images per batch of a forward-only pass (feature cache, evaluation, prediction): twice the training batch on
+    CUDA, which needs large batches; on other devices as many as keep about ``_CPU_BATCH_PIXELS`` pixels."""
+    if torch.device(device).type == "cuda":
+        return 2 * batch_size
+    return int(min(2 * batch_size, max(1, _CPU_BATCH_PIXELS // (image_size * image_size))))
 
 
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

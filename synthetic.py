@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,17 +94,40 @@ def render_image(classes: list[int], rng: np.random.Generator, long_side: int = 
     return canvas
 
 
+MAX_OBJECTS = 4  # one per quarter of the image
+
+
 def sample_labels(n_images: int, rng: np.random.Generator, min_per_class: int = 3) -> list[list[int]]:
-    """1-3 classes per image (up to 4 where rare classes are topped up) from the long-tailed frequencies; every class at least ``min_per_class`` times."""
+    """1-3 classes per image from the long-tailed frequencies, then topped up so that every class appears at
+    least ``min_per_class`` times (up to 4 objects per image). That needs ``n_images * 4 >= 80 * min_per_class``
+    (ValueError otherwise); when the images are full, an object of a class that has more than it needs makes room."""
+    needed = NUM_CLASSES * min_per_class
+    if n_images * MAX_OBJECTS < needed:
+        smallest = -(-needed // MAX_OBJECTS)
+        raise ValueError(f"{n_images} images cannot show each of the {NUM_CLASSES} classes {min_per_class} time(s) "
+                         f"with at most {MAX_OBJECTS} objects per image: use at least {smallest} images")
     probs = class_frequencies()
     labels = [set(rng.choice(NUM_CLASSES, size=rng.integers(1, 4), replace=False, p=probs).tolist())
               for _ in range(n_images)]
+    counts = np.zeros(NUM_CLASSES, dtype=int)
+    for row in labels:
+        counts[list(row)] += 1
     for cls in range(NUM_CLASSES):
-        missing = min_per_class - sum(cls in row for row in labels)
-        if missing > 0:  # top up into images with room left (at most 4 objects, one per grid cell)
-            room = [i for i, row in enumerate(labels) if len(row) < 4 and cls not in row]
-            for idx in rng.choice(room, size=missing, replace=False):
-                labels[idx].add(cls)
+        missing = min_per_class - counts[cls]
+        if missing <= 0:
+            continue
+        room = [i for i, row in enumerate(labels) if len(row) < MAX_OBJECTS and cls not in row]
+        chosen = list(rng.choice(room, size=min(missing, len(room)), replace=False)) if room else []
+        for idx in chosen:
+            labels[idx].add(cls)
+        counts[cls] += len(chosen)
+        while counts[cls] < min_per_class:  # every image full: replace an object of a class with some to spare
+            idx, spare = next((i, other) for i, row in enumerate(labels) if cls not in row
+                              for other in sorted(row) if counts[other] > min_per_class)
+            labels[idx].discard(spare)
+            labels[idx].add(cls)
+            counts[spare] -= 1
+            counts[cls] += 1
     return [sorted(row) for row in labels]
 
 
@@ -137,7 +161,8 @@ def make_demo_dataset(root, n_train: int = 1000, n_test: int = 250, seed: int = 
         shutil.rmtree(root)
     rng = np.random.default_rng(seed)
     train_labels = sample_labels(n_train, rng)
-    test_labels = sample_labels(n_test, rng, min_per_class=1)
+    # the test labels only serve the demo's own scoring: with fewer than 20 images some classes stay out
+    test_labels = sample_labels(n_test, rng, min_per_class=1 if n_test * MAX_OBJECTS >= NUM_CLASSES else 0)
     train_stems = [f"{i:012d}" for i in range(1, n_train + 1)]
     test_stems = [f"{i:012d}" for i in range(500_001, 500_001 + n_test)]
     _write_split(root / "images" / "train-resized", root / "labels" / "train", train_stems, train_labels, rng, long_side)
@@ -146,17 +171,23 @@ def make_demo_dataset(root, n_train: int = 1000, n_test: int = 250, seed: int = 
     return root
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder to create (course layout)")
-    parser.add_argument("--train", type=int, default=1000, help="number of training images (default: 1000)")
+    parser.add_argument("--train", type=int, default=1000,
+                        help="number of training images, at least 60 (every class 3 times); default: 1000")
     parser.add_argument("--test", type=int, default=250, help="number of test images (default: 250)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--long-side", type=int, default=224, help="long image side in pixels (default: 224)")
     args = parser.parse_args(argv)
-    root = make_demo_dataset(args.out_dir, args.train, args.test, args.seed, args.long_side)
+    try:
+        root = make_demo_dataset(args.out_dir, args.train, args.test, args.seed, args.long_side)
+    except (ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(root)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,133 +1,104 @@
-"""Study helper: nested cross-validation of whole recipes (head training + threshold tuning) on frozen
-features from extract_features.py, scored like the leaderboard on images no part of the recipe has seen.
+"""Study helper: nested cross-validation of whole recipes (head training + threshold tuning) on the cached
+features of extract_features.py, scored like the leaderboard on images that no part of the recipe has seen.
 
-Outer 5 folds: each holds out 479 images (the size of the cpu preset's validation split; coco-mini's test
-has 834). On the other 1,916 images three ways of getting a predictor and its thresholds are compared:
+Everything a recipe does is the run engine's own code: heads are trained by ``features.train_head`` (the cpu
+preset's optimiser, schedule, views and precision, with the head options given here), cross-fitting is
+``features.cross_fit``, folds come from ``dataset.kfold_assignments`` and thresholds from
+``metrics.tune_thresholds`` with the preset's settings.
 
-* ``split``: the cpu preset's way: train the head on 80 %, tune thresholds on the other 20 %.
-* ``oof-full``: inner 5-fold heads give out-of-fold probabilities for all 1,916 images, thresholds are tuned
-  on them; then one head trained on all 1,916 predicts the held-out images.
-* ``oof-ensemble``: the same thresholds; the mean of the 5 inner heads predicts.
+Outer 5 folds, stratified: each holds out a fifth of the labelled images (479 of coco-mini's 2,395; its test set
+has 834). On the other four fifths two ways of getting a predictor and its thresholds are compared:
 
-    python study/recipe_cv.py study-cache/efficientnet_lite2_260.pt --hidden 1024
-    python study/recipe_cv.py study-cache/efficientnet_lite0_224.pt study-cache/efficientnet_lite2_260.pt
+* ``split``: the 80/20 way: train the head on a stratified 80 %, tune thresholds on the other 20 %.
+* ``cross-fit``: the cpu preset's way (``Config.cross_fit_folds``): out-of-fold probabilities of all of them
+  from 5 inner heads, thresholds tuned on those, and a head trained on all of them predicts.
+
+    python study/recipe_cv.py study-cache/efficientnet_lite2_384_avgmax
+    python study/recipe_cv.py study-cache/efficientnet_lite0_224_avg --hidden 0 --loss bce --dropout 0.2
 """
 import argparse
+import copy
+import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import dataset  # noqa: E402
+import features  # noqa: E402
 import metrics  # noqa: E402
-import models  # noqa: E402
-
-
-def folds_of(n: int, k: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(n) % k
-
-
-def train_head(x, x_flip, y, rows, args, seed):
-    """A head trained on ``rows`` (mirror features as augmentation); returns a predict(x, x_flip) function."""
-    mean, std = x[rows].mean(0), x[rows].std(0) + 1e-6
-    torch.manual_seed(seed)
-    head = models.make_head(x.shape[1], y.shape[1], dropout=args.dropout, hidden_dim=args.hidden)
-    with torch.no_grad():
-        head[-1].bias.copy_(models.prior_logits(y[rows].mean(0), y.shape[1]))
-    criterion = models.build_loss(args.loss)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.epochs * ((len(rows) + args.batch - 1) // args.batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
-    rows = torch.as_tensor(rows)
-    for _ in range(args.epochs):
-        order = rows[torch.randperm(len(rows))]
-        head.train()
-        for i in range(0, len(order), args.batch):
-            batch = order[i:i + args.batch]
-            mirrored = torch.rand(len(batch)) < 0.5
-            inputs = torch.where(mirrored[:, None], x_flip[batch], x[batch])
-            loss = criterion(head((inputs - mean) / std), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    head.eval()
-
-    @torch.no_grad()
-    def predict(idx):
-        return ((torch.sigmoid(head((x[idx] - mean) / std)) + torch.sigmoid(head((x_flip[idx] - mean) / std))) / 2).numpy()
-    return predict
+import recipe  # noqa: E402
+from config import config_from_preset  # noqa: E402
+from runtime import seed_everything  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("features", nargs="+", help="feature files; several are concatenated")
+    parser.add_argument("features", help="a folder written by extract_features.py")
     parser.add_argument("--loss", default="asl", choices=("asl", "bce"))
-    parser.add_argument("--pool", default="both", choices=("avg", "max", "both"))
-    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--hidden", type=int, default=1024, help="hidden units of the head (0: linear)")
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--outer", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--imagenet", choices=("none", "add", "only"), default="none",
-                        help="add (or use only) the backbone's own 1000 ImageNet logits as features")
+    parser.add_argument("--no-amp", action="store_true", help="train the heads in float32 (default: as the preset, "
+                                                              "bfloat16 where the CPU has it natively)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    xs, xfs, y = [], [], None
-    for path in args.features:
-        saved = torch.load(path)
-        width = saved["train"]["pooled"].shape[1] // 2
-        part = {"avg": slice(0, width), "max": slice(width, None), "both": slice(None)}[args.pool]
-        pooled, pooled_flip = saved["train"]["pooled"].float(), saved["train"]["pooled_flip"].float()
-        if args.imagenet != "only":
-            xs.append(pooled[:, part])
-            xfs.append(pooled_flip[:, part])
-        if args.imagenet != "none":  # the pretrained classifier on the average-pooled features
-            classifier = models._lite_net(models.get_spec(Path(path).stem.rsplit("_", 1)[0]), True, None)._fc
-            with torch.no_grad():
-                xs.append(classifier(pooled[:, :width]))
-                xfs.append(classifier(pooled_flip[:, :width]))
-        y = saved["targets"].float()
-    x, x_flip = torch.cat(xs, 1), torch.cat(xfs, 1)
-    truth = y.numpy()
-    n = len(x)
+    warnings.simplefilter("ignore", metrics.MissingClassWarning)
+    folder = Path(args.features)
+    store = features.FeatureStore.open(folder)
+    targets = np.load(folder / "targets.npy")
+    made = store.fingerprint
+    config = config_from_preset("cpu", model=made["model"], image_size=made["image_size"], pool=made["pool"],
+                                loss=args.loss, head_hidden=args.hidden, head_dropout=args.dropout,
+                                epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, pretrained=False,
+                                amp=not args.no_amp, progress=False)
+    device = torch.device("cpu")
+    seed_everything(config.seed)
+    net = recipe.build_net(config)  # head weights drawn as a run draws them; the backbone is in the cache
+    initial_state = copy.deepcopy(net.state_dict())
+    criterion = recipe.build_criterion(config, targets)
+    eval_views = features.cache_views(config)[2]
+    tuning = config.tuning_options()
+
+    def scores(probs, held, tuned):
+        return metrics.leaderboard_scores(tuned.apply(probs), targets[held], warn=False)["f1"], \
+            metrics.mean_average_precision(probs, targets[held])
+
     start = time.perf_counter()
-    scores = {name: [] for name in ("split", "oof-full", "oof-ensemble")}
-    maps = {name: [] for name in scores}
-    for outer, outer_folds in enumerate([folds_of(n, args.outer, 0)] * args.outer):
-        held = np.flatnonzero(outer_folds == outer)
-        rest = np.flatnonzero(outer_folds != outer)
-        # split: 80 / 20 of the rest
-        inner = folds_of(len(rest), 5, 1 + outer)
-        fit_rows, tune_rows = rest[inner != 0], rest[inner == 0]
-        predict = train_head(x, x_flip, y, fit_rows, args, seed=outer)
-        tuned = metrics.tune_thresholds(predict(tune_rows), truth[tune_rows])
-        probs = predict(held)
-        scores["split"].append(metrics.leaderboard_scores(tuned.apply(probs), truth[held], warn=False)["f1"])
-        maps["split"].append(metrics.mean_average_precision(probs, truth[held]))
-        # out-of-fold thresholds over the whole rest
-        oof = np.zeros((len(rest), y.shape[1]), dtype=np.float32)
-        held_probs = []
-        for fold in range(5):
-            predict = train_head(x, x_flip, y, rest[inner != fold], args, seed=10 * outer + fold)
-            oof[inner == fold] = predict(rest[inner == fold])
-            held_probs.append(predict(held))
-        tuned = metrics.tune_thresholds(oof, truth[rest])
-        for name, probs in (("oof-full", train_head(x, x_flip, y, rest, args, seed=outer)(held)),
-                            ("oof-ensemble", np.mean(held_probs, axis=0))):
-            scores[name].append(metrics.leaderboard_scores(tuned.apply(probs), truth[held], warn=False)["f1"])
-            maps[name].append(metrics.mean_average_precision(probs, truth[held]))
-    names = "+".join(Path(p).stem for p in args.features)
-    print(f"{names} imagenet={args.imagenet} loss={args.loss} pool={args.pool} hidden={args.hidden} dropout={args.dropout} "
-          f"epochs={args.epochs} lr={args.lr} wd={args.weight_decay} ({time.perf_counter() - start:.0f} s)")
-    for name in scores:
-        print(f"  {name:13s} held-out F1 {np.mean(scores[name]):.4f} +- {np.std(scores[name]) / np.sqrt(len(scores[name])):.4f}"
-              f"  mAP {np.mean(maps[name]):.4f}   per fold: {' '.join(f'{s:.3f}' for s in scores[name])}", flush=True)
+    outer_folds = dataset.kfold_assignments(targets, args.outer, seed=0)
+    results = {"split": [], "cross-fit": []}
+    for outer in range(args.outer):
+        held, rest = np.flatnonzero(outer_folds == outer), np.flatnonzero(outer_folds != outer)
+        # split: a head on 80 % of the rest, thresholds on the other 20 %
+        fit_idx, tune_idx = dataset.split_train_val(targets[rest], config.val_fraction, seed=outer, stratify=True)
+        module = features.train_head(net, initial_state, criterion, store, targets, rest[fit_idx], config, device,
+                                     seed=config.seed)
+        tuned = metrics.tune_thresholds(
+            features.view_probs(module, store, rest[tune_idx], eval_views, 128, device), targets[rest[tune_idx]],
+            **tuning)
+        results["split"].append(scores(features.view_probs(module, store, held, eval_views, 128, device), held,
+                                       tuned))
+        # cross-fit: out-of-fold thresholds over the whole rest, a head trained on all of it
+        crossed = features.cross_fit(net, store, initial_state, criterion, targets, config, device, rows=rest)
+        final = features.Tail(crossed.final_net, config.cache_stages)
+        results["cross-fit"].append(scores(features.view_probs(final, store, held, eval_views, 128, device), held,
+                                           crossed.thresholds))
+    print(f"{folder.name} loss={args.loss} hidden={args.hidden} dropout={args.dropout} epochs={args.epochs} "
+          f"lr={args.lr} wd={args.weight_decay} amp={config.amp} ({time.perf_counter() - start:.0f} s)")
+    summary = {}
+    for name, rows in results.items():
+        f1s, maps = np.array(rows).T
+        summary[name] = {"f1": float(f1s.mean()), "f1_se": float(f1s.std() / np.sqrt(len(f1s))),
+                         "map": float(maps.mean())}
+        print(f"  {name:10s} held-out F1 {f1s.mean():.4f} +- {f1s.std() / np.sqrt(len(f1s)):.4f}  mAP "
+              f"{maps.mean():.4f}   per fold: {' '.join(f'{s:.3f}' for s in f1s)}", flush=True)
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -182,16 +182,15 @@ def test_ctrl_c_during_feature_extraction_and_resume_give_the_uninterrupted_run(
                     **{**TINY, "model": "efficientnet_lite0", "epochs": 2})
     uninterrupted = runs.fit(config.replace(out_dir=str(tmp_path / "whole")))
 
-    real_compute, calls, interrupt = features.compute, [], [True]
+    real_write, calls, interrupt = features.FeatureStore.write, [], [True]
 
-    def interrupted_compute(net, k, images, **kwargs):
-        if len(images) == 32:  # a batch of the extraction (the estimate times smaller ones): one per chunk
-            calls.append(1)
-            if len(calls) == 3 and interrupt and interrupt.pop():  # once, in the third chunk of the first view
-                raise KeyboardInterrupt
-        return real_compute(net, k, images, **kwargs)
+    def interrupted_write(store, view, chunk, feats):
+        calls.append((view, chunk))
+        if len(calls) == 3 and interrupt and interrupt.pop():  # once: Ctrl-C while the third chunk is computed
+            raise KeyboardInterrupt
+        return real_write(store, view, chunk, feats)
 
-    monkeypatch.setattr(features, "compute", interrupted_compute)
+    monkeypatch.setattr(features.FeatureStore, "write", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
         runs.fit(config.replace(out_dir=str(tmp_path / "runs")))
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -200,7 +199,7 @@ def test_ctrl_c_during_feature_extraction_and_resume_give_the_uninterrupted_run(
     assert not (run_dir / "last.pt").exists() and len(json.loads((run_dir / "features" / "done.json").read_text())) == 2
     calls.clear()
     resumed = runs.fit(resume=run_dir)
-    assert len(calls) == 3 * 3 - 2, "the two finished chunks were not computed again"
+    assert len(calls) == 3 * 3 - 2 and (0, 0) not in calls, "the two finished chunks were not computed again"
     assert resumed["status"] == "finished"
     drop = ("time_s",)
     assert [{k: v for k, v in row.items() if k not in drop} for row in resumed["history"]] == \
