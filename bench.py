@@ -406,7 +406,8 @@ def recipe_main(argv) -> int:
             child = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent)
             if child.returncode != 0:
                 _log(child.stderr[-3000:])
-                raise RuntimeError(f"bench: the {args.recipe} run on {n_images} images failed (exit {child.returncode})")
+                raise RuntimeError(f"bench: the {args.recipe} run on {n_images} images failed "
+                                   f"(exit {child.returncode})")
             measured.append({"images": n_images, **json.loads(child.stdout.strip().splitlines()[-1])})
         # what the run's own estimate says for the course's size, on this machine
         config = _recipe_config(args.recipe, make_bench_data(work, min(args.images), _test_images(min(args.images))),

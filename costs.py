@@ -85,8 +85,8 @@ class Estimate:
         lines.append(f"  peak memory    {format_bytes(self.peak_bytes):>9s}   ({parts}); available now: "
                      f"{format_bytes(self.available_bytes) if self.available_bytes else 'unknown'}")
         if self.disk_bytes:
-            lines.append(f"  disk           {format_bytes(self.disk_bytes):>9s}   feature cache in the run folder; free: "
-                         f"{format_bytes(self.free_disk_bytes)}")
+            lines.append(f"  disk           {format_bytes(self.disk_bytes):>9s}   feature cache in the run folder; "
+                         f"free: {format_bytes(self.free_disk_bytes)}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

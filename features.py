@@ -53,8 +53,8 @@ from runtime import (amp_settings, autocast, derived_seed, inference_batch_size,
                      seed_everything, to_device, uses_channels_last)
 
 __all__ = ["FlippedView", "cache_views", "pooled", "compute", "InferenceFormat", "FeatureStore", "extract",
-           "FeatureBank", "whole_batch", "Tail", "train_head", "view_probs", "CrossFit", "cross_fit", "predict_cached", "feature_shape",
-           "fingerprint"]
+           "FeatureBank", "whole_batch", "Tail", "train_head", "view_probs", "CrossFit", "cross_fit", "predict_cached",
+           "feature_shape", "fingerprint"]
 
 CHUNK_IMAGES = 2048  # images per chunk of the store: what a resumed extraction may have to redo at most
 

@@ -44,8 +44,9 @@ def write_atomic(path, write: Callable) -> Path:
         if isinstance(err, Exception) and free < FULL_DISK_BYTES:
             # what a full disk raises depends on the writer (torch.save: "RuntimeError: [enforce fail at
             # inline_container.cc:672] . unexpected pos"): say what happened, with the file's name
-            raise OSError(errno.ENOSPC, f"{path}: not written, the disk is full ({free / 2**20:.0f} MiB free); free "
-                                        f"some space and run again (the previous version of the file is intact)") from err
+            raise OSError(errno.ENOSPC, f"{path}: not written, the disk is full ({free / 2**20:.0f} MiB free); "
+                                        "free some space and run again (the previous version of the file is "
+                                        "intact)") from err
         raise
     return path
 

@@ -605,13 +605,13 @@ def prior_f1(train_targets, val_targets, **tuning) -> float:
 
 def _tuned_elsewhere(probs, targets, splits, tuning: dict):
     """For each (fit rows, scored rows) of ``splits``: thresholds tuned on the fit rows, the scored rows'
-    F1 of each rule; yields (scored rows, probs, targets, F1 by rule)."""
+    F1 of each rule; yields (scored rows, probs, targets, the tuning result, F1 by rule)."""
     probs, targets = _pair(probs, targets, "probs", _probabilities)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MissingClassWarning)
         for fit_idx, score_idx in splits(targets):
             result = tune_thresholds(probs[fit_idx], targets[fit_idx], **tuning)
-            yield score_idx, probs, targets, f1_by_rule(probs[score_idx], targets[score_idx], result)
+            yield score_idx, probs, targets, result, f1_by_rule(probs[score_idx], targets[score_idx], result)
 
 
 def held_out_gains(probs, targets, repeats: int = 10, seed: int = 1000, **tuning) -> list[dict]:
@@ -626,21 +626,22 @@ def held_out_gains(probs, targets, repeats: int = 10, seed: int = 1000, **tuning
             yield from ((half_a, half_b), (half_b, half_a))
 
     return [{rule: scores[rule] - scores["0.5"] for rule in RULES}
-            for _, _, _, scores in _tuned_elsewhere(probs, targets, halves, tuning)]
+            for _, _, _, _, scores in _tuned_elsewhere(probs, targets, halves, tuning)]
 
 
 def mock_test_scores(probs, targets, test_size: int, repeats: int = 10, seed: int = 2000, **tuning) -> list[dict]:
     """Scores on mock test sets: ``repeats`` times, a stratified draw of ``test_size`` of the images is held out,
     thresholds are tuned on the rest as ``tune_thresholds`` tunes them, and the held-out images are scored (F1 of
-    each rule of :data:`RULES` and ``mAP``). Meant for out-of-fold probabilities, where no image's probability
-    comes from a model that trained on it: the mean is the F1 to expect on a test set of that size, the spread
-    how far one such test set can land from the next."""
+    each rule of :data:`RULES`, ``mAP`` and the ``labels_per_image`` predicted). Meant for out-of-fold
+    probabilities, where no image's probability comes from a model that trained on it: the mean is the F1 to expect
+    on a test set of that size, the spread how far one such test set can land from the next."""
     def draws(targets):
         for repeat in range(repeats):
             yield _dataset().split_train_val(targets, test_size / len(targets), seed=seed + repeat)
 
-    return [{**scores, "mAP": mean_average_precision(probs[held], targets[held])}
-            for held, probs, targets, scores in _tuned_elsewhere(probs, targets, draws, tuning)]
+    return [{**scores, "mAP": mean_average_precision(probs[held], targets[held]),
+             "labels_per_image": float(result.apply(probs[held]).sum(axis=1).mean())}
+            for held, probs, targets, result, scores in _tuned_elsewhere(probs, targets, draws, tuning)]
 
 
 # ----------------------------------------------------------------------------------------------------------

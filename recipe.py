@@ -21,9 +21,11 @@ __all__ = ["build_net", "presets_for", "build_criterion", "set_trainable", "buil
 
 def build_net(config: Config, num_classes: int = dataset.NUM_CLASSES, pretrained: bool | None = None):
     """The network ``config`` describes (``models.build_model`` with the config's head settings)."""
-    return models.build_model(config.model, num_classes=num_classes,
-                              pretrained=config.pretrained if pretrained is None else pretrained,
-                              dropout=config.head_dropout, hidden_dim=config.head_hidden, pool_mode=config.pool)
+    net = models.build_model(config.model, num_classes=num_classes,
+                             pretrained=config.pretrained if pretrained is None else pretrained,
+                             dropout=config.head_dropout, hidden_dim=config.head_hidden, pool_mode=config.pool)
+    models.set_batchnorm(net, momentum=config.bn_momentum, freeze_stats=config.freeze_bn_stats)
+    return net
 
 
 def presets_for(config: Config) -> tuple[dataset.TrainPreset, dataset.EvalPreset]:

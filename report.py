@@ -1,28 +1,29 @@
-"""Figures and tables of ``challenge.ipynb``: the notebook tells the story, this module draws and counts.
+"""Figures and tables of ``challenge.ipynb``, drawn from the files a run saved: the notebook tells the story,
+this module draws and counts (the sentences that depend on the run are ``narrative.py``'s).
 
 Every ``plot_*`` function returns its matplotlib Figure and, given ``save=PATH``, also writes it there as a
 PNG (folders created, no version stamp in the file, so an unchanged figure gives an unchanged file). Tables
-are pandas DataFrames; numbers the notebook quotes in sentences come from the dicts returned here, never from
-text typed by hand.
+are pandas DataFrames; numbers the notebook quotes come from what is returned here, never from text typed by hand.
 
 Sections follow the notebook:
 
-* mode and data: :func:`mode_banner`, :func:`count_images`, :func:`class_table`, :func:`leaderboard_weights`,
+* mode and data: :func:`mode_banner`, :func:`count_images`, :func:`class_table`, :func:`weight_facts`,
   :func:`plot_class_frequency`, :func:`plot_image_grid`, :func:`plot_labels_per_image`, :func:`split_coverage`,
   :func:`plot_split_coverage`;
-* augmentation: :func:`presets_for`, :func:`plot_augmentations`;
-* model: :func:`build_model_for`, :func:`stage_table`, :func:`freeze_schedule`, :func:`plot_loss_shapes`,
-  :func:`config_table`;
+* augmentation: :func:`plot_augmentations`;
+* model: :func:`config_table`, :func:`stage_table`, :func:`freeze_schedule`, :func:`plot_loss_shapes`;
 * training: :func:`read_history`, :func:`lr_schedule`, :func:`plot_training_curves`;
-* thresholds: :func:`validation_outputs`, :func:`plot_threshold_sweep`, :func:`plot_class_thresholds`,
-  :func:`prior_f1`, :func:`threshold_table`;
+* thresholds: :func:`validation_outputs` (what the run saved), :func:`plot_threshold_sweep`,
+  :func:`plot_class_thresholds`, :func:`threshold_table`, :func:`cross_fit_table`;
 * evaluation: :func:`per_class_frame`, :func:`plot_per_class`, :func:`plot_precision_recall`,
-  :func:`difficulty_factors`, :func:`frequency_bands`, :func:`plot_f1_vs_frequency`,
-  :func:`strongest_weakest`, :data:`LOOKALIKE_GROUPS`, :func:`lookalike_confusion`, :func:`lookalike_finding`,
-  :func:`pick_examples`, :func:`plot_predictions`;
+  :func:`difficulty_factors`, :func:`frequency_bands`, :func:`plot_f1_vs_frequency`, :func:`strongest_weakest`,
+  :data:`LOOKALIKE_GROUPS`, :func:`lookalike_confusion`, :func:`lookalike_finding`, :func:`pick_examples`,
+  :func:`plot_predictions`;
 * test predictions: :func:`prediction_stats`, :func:`plot_test_predictions`;
-* comparative study: :func:`collect_runs`, :func:`load_reference_study`, :func:`plot_f1_vs_time`;
-* :func:`conclusions`.
+* comparative study: :func:`collect_runs`, :func:`comparable_runs`, :func:`load_reference_study`, :func:`study_rows`,
+  :func:`threshold_floor_row`, :func:`plot_finetuning`, :func:`plot_recipe_study`.
+
+:func:`label_points` places point labels without overlaps.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ import pandas as pd
 import torch
 
 import dataset
+import features
 import metrics
 import models
 import recipe
@@ -50,8 +52,7 @@ from config import Config
 
 CLASSES = dataset.CLASSES
 STUDY_CSV = Path(__file__).resolve().parent / "study" / "results.csv"
-STUDY_COLUMNS = ("recipe", "command", "hardware", "wall_time_s", "val_f1", "val_precision", "val_recall",
-                 "val_map", "notes")
+STUDY_COLUMNS = ("protocol", "recipe", "command", "hardware", "wall_time_s", "val_f1", "f1_se", "val_map", "notes")
 COURSE_TRAIN_IMAGES = 65_000  # the course zip's labelled training set (images/train-resized)
 
 # Classes whose members look alike or share scenes; the notebook asks whether one is predicted when only a
@@ -129,6 +130,29 @@ def _grid(n: int, ncols: int, cell: tuple[float, float]):
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     return fig, axes.ravel()
+
+
+_OFFSETS = [(4, 4), (4, -11), (-4, 4), (-4, -11), (6, 14), (6, -20), (-6, 14), (-6, -20), (10, 26), (10, -32),
+            (-10, 26), (-10, -32), (14, 0), (-14, 0)]
+
+
+def label_points(ax, xs, ys, texts, fontsize: float = 7, colors=None) -> None:
+    """Annotate points without letting the labels overlap: each label takes the first offset (in points) whose box
+    clears the labels placed before it; one that finds no free place is left out (its point stays)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for index, (x, y, text) in enumerate(zip(xs, ys, texts)):
+        for dx, dy in _OFFSETS:
+            label = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                                ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+                                color=None if colors is None else colors[index])
+            box = label.get_window_extent(renderer).expanded(1.05, 1.15)
+            if not any(box.overlaps(other) for other in placed) and ax.bbox.contains(box.x0, box.y0) \
+                    and ax.bbox.contains(box.x1, box.y1):
+                placed.append(box)
+                break
+            label.remove()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -281,16 +305,23 @@ def plot_split_coverage(coverage: Mapping, save=None, rarest: int = 30):
 # augmentation
 # ----------------------------------------------------------------------------------------------------------
 def plot_augmentations(source, indices: Sequence[int], config, n_draws: int = 3, seed: int = 0, save=None):
-    """Each row one training image: the file, the evaluation preset (pad), the course's stretch, a centre crop,
-    and ``n_draws`` draws of the training preset. Tensors are denormalised for display."""
+    """Each row one training image: the file, the evaluation preset (pad), the course's stretch, a centre crop, and
+    what this run trains on: ``n_draws`` draws of the training preset, or, for a run on a feature cache, the views
+    it cached (the image, its mirror image, random crops). Tensors are denormalised for display."""
     train_tf, eval_tf = recipe.presets_for(config)
     spec = models.get_spec(config.model)
     size = eval_tf.image_size
     others = {mode: dataset.EvalPreset(image_size=size, mean=spec.mean, std=spec.std, mode=mode)
               for mode in ("stretch", "crop")}
-    columns = ["file", f"eval: pad to {size}", "course: stretch", "ImageNet: centre crop"] + \
-              [f"train draw {k + 1}" for k in range(n_draws)]
-    fig, axes = plt.subplots(len(indices), len(columns), figsize=(1.9 * len(columns), 2.0 * len(indices)),
+    if config.cache_stages:
+        views = features.cache_views(config)[0][: config.cache_views]
+        names = ["this run: cached view", "this run: cached mirror"] + [f"this run: cached crop {k}"
+                                                                        for k in range(1, len(views) - 1)]
+        run_columns = list(zip(names[: len(views)], views))
+    else:
+        run_columns = [(f"this run: train draw {k + 1}", train_tf) for k in range(n_draws)]
+    columns = ["file", f"eval: pad to {size}", "course: stretch", "ImageNet: centre crop"] + [n for n, _ in run_columns]
+    fig, axes = plt.subplots(len(indices), len(columns), figsize=(1.95 * len(columns), 2.0 * len(indices)),
                              squeeze=False)
     state = random.getstate()
     random.seed(seed)  # TrainPreset draws from Python's random module; the caller's stream is restored below
@@ -298,7 +329,7 @@ def plot_augmentations(source, indices: Sequence[int], config, n_draws: int = 3,
         for number, (row, idx) in enumerate(zip(axes, indices)):
             image = source.load_image(int(idx))
             views = [image, eval_tf(image), others["stretch"](image), others["crop"](image)]
-            views += [train_tf(image) for _ in range(n_draws)]
+            views += [transform(image) for _, transform in run_columns]
             for col, (ax, view) in enumerate(zip(row, views)):
                 if isinstance(view, torch.Tensor):
                     view = dataset.denormalise(view, spec.mean, spec.std)
@@ -338,7 +369,9 @@ def stage_table(model, image_size: int) -> pd.DataFrame:
                          "output": "x".join(str(d) for d in feats.shape[1:]),
                          "parameters": sum(p.numel() for p in stage.parameters())})
         pooled = model.pool(feats)
-        rows.append({"part": "pool", "holds": "global average pool", "output": str(pooled.shape[1]),
+        kind = "global average and max pools side by side" if getattr(model.pool, "mode", "avg") == "avgmax" \
+            else "global average pool"
+        rows.append({"part": "pool", "holds": kind, "output": str(pooled.shape[1]),
                      "parameters": sum(p.numel() for p in model.pool.parameters())})
         logits = model.head(pooled)
         rows.append({"part": "head", "holds": " -> ".join(type(m).__name__ for m in model.head),
@@ -348,7 +381,8 @@ def stage_table(model, image_size: int) -> pd.DataFrame:
 
 
 def freeze_schedule(model, config) -> pd.DataFrame:
-    """Which parts train in which epochs, asked of recipe.set_trainable, the rule runs.fit follows (on a copy of ``model``)."""
+    """Which parts train in which epochs, asked of recipe.set_trainable, the rule runs.fit follows (on a copy of
+    ``model``)."""
     probe = copy.deepcopy(model)
     rows, previous = [], None
     for epoch in range(config.epochs):
@@ -432,11 +466,12 @@ def lr_schedule(config, n_train: int) -> pd.DataFrame:
 
 
 def plot_training_curves(history: pd.DataFrame, schedule: pd.DataFrame | None = None, best_epoch: int | None = None,
-                         save=None):
-    """Loss (train vs validation), F1 and mAP per epoch, and the learning rate."""
+                         save=None, *, backbone_trains: bool = True, train_label: str = "train (augmented)"):
+    """Loss (train vs validation), F1 and mAP per epoch, and the learning rate (of the backbone too when it
+    trains). ``train_label``: what the training loss is measured on."""
     fig, (ax_loss, ax_f1, ax_lr) = plt.subplots(1, 3, figsize=(16, 4))
     epochs = history.index
-    ax_loss.plot(epochs, history["train/loss"], "o-", label="train (augmented)")
+    ax_loss.plot(epochs, history["train/loss"], "o-", label=train_label)
     ax_loss.plot(epochs, history["val/loss"], "o-", label="validation")
     ax_loss.set_title("loss per image (sum over the 80 labels)")
     ax_f1.plot(epochs, history["train/f1@0.5"], "o-", label="train F1 @ 0.5")
@@ -447,7 +482,8 @@ def plot_training_curves(history: pd.DataFrame, schedule: pd.DataFrame | None = 
     ax_f1.set_ylim(0, 1)
     if schedule is not None:
         ax_lr.plot(schedule.index, schedule["head"], label="head (schedule)")
-        ax_lr.plot(schedule.index, schedule["backbone"], label="backbone (schedule)")
+        if backbone_trains:
+            ax_lr.plot(schedule.index, schedule["backbone"], label="backbone (schedule)")
     ax_lr.plot(epochs, history["lr"], "o", label="logged at epoch end")
     ax_lr.set_title("learning rate")
     for ax in (ax_loss, ax_f1, ax_lr):
@@ -513,29 +549,29 @@ def plot_threshold_sweep(probs, targets, thresholds, save=None):
     return fig
 
 
-def plot_class_thresholds(thresholds, val_counts, min_positives: int, save=None, annotate: int = 6):
-    """Each class's threshold against its validation positives; classes with too few keep the global one."""
-    val_counts = np.asarray(val_counts)
+def plot_class_thresholds(thresholds, counts, min_positives: int, save=None, annotate: int = 8,
+                          counted_on: str = "validation images"):
+    """Each class's threshold against the images of the class it was tuned on (``counted_on``); classes with too
+    few keep the global one. The classes furthest from the global threshold are named."""
+    counts = np.asarray(counts)
     class_thresholds = np.asarray(thresholds.class_thresholds)
-    tuned = val_counts >= min_positives
-    fig, ax = plt.subplots(figsize=(9, 4.2))
-    jitter = 1 + 0.06 * (np.arange(len(val_counts)) % 5 - 2)  # keeps equal counts apart on the log axis
-    x = np.maximum(val_counts, 0.8) * jitter
+    tuned = counts >= min_positives
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    jitter = 1 + 0.06 * (np.arange(len(counts)) % 5 - 2)  # keeps equal counts apart on the log axis
+    x = np.maximum(counts, 0.8) * jitter
     ax.scatter(x[tuned], class_thresholds[tuned], color=_NEUTRAL, label=f"tuned (>= {min_positives} positives)")
     ax.scatter(x[~tuned], class_thresholds[~tuned], color="grey", marker="x", label="kept the global threshold")
     ax.axhline(thresholds.global_threshold, color="black", linestyle="--",
                label=f"global threshold {thresholds.global_threshold:.2f}")
-    deviation = np.where(tuned, np.abs(class_thresholds - thresholds.global_threshold), -1)
-    for rank, c in enumerate(np.argsort(-deviation)[:annotate]):
-        if deviation[c] > 0:
-            ax.annotate(CLASSES[c], (x[c], class_thresholds[c]), fontsize=7, textcoords="offset points",
-                        xytext=(4, 4 if rank % 2 == 0 else -10))
     ax.set_xscale("log")
-    ax.set_xlabel("validation images of the class (log)")
+    ax.set_xlabel(f"{counted_on} of the class (log)")
     ax.set_ylabel("threshold")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
+    deviation = np.where(tuned, np.abs(class_thresholds - thresholds.global_threshold), -1)
+    named = [c for c in np.argsort(-deviation)[:annotate] if deviation[c] > 0]
+    label_points(ax, x[named], class_thresholds[named], [CLASSES[c] for c in named])
     save_figure(fig, save)
     return fig
 
@@ -652,20 +688,19 @@ def plot_precision_recall(frame: pd.DataFrame, save=None, annotate: int = 6):
                         c=np.log10(present["train_images"].clip(lower=1)), cmap="viridis", alpha=0.8,
                         edgecolors="black", linewidths=0.3)
     fig.colorbar(points, ax=ax, label="log10 training images")
-    ranked = present.sort_values("f1")
-    chosen = present.loc[list(ranked.index[:annotate]) + list(ranked.index[-annotate:])]
-    # Classes on the same point (common with few validation images) share one label.
-    for (recall, precision), names in chosen.groupby([chosen["recall"].round(3), chosen["precision"].round(3)]).groups.items():
-        names = list(names)
-        text = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
-        ax.annotate(text, (recall, precision), fontsize=7, xytext=(3, 3), textcoords="offset points",
-                    ha="right" if recall > 0.8 else "left")
-    ax.set_xlim(-0.02, 1.05)
-    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlim(-0.02, 1.12)
+    ax.set_ylim(-0.02, 1.08)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_title("Per-class precision vs recall (validation, tuned thresholds)")
     fig.tight_layout()
+    ranked = present.sort_values("f1")
+    chosen = present.loc[list(ranked.index[:annotate]) + list(ranked.index[-annotate:])]
+    # Classes on the same point (common with few validation images) share one label.
+    groups = chosen.groupby([chosen["recall"].round(3), chosen["precision"].round(3)]).groups.items()
+    points = [(recall, precision, ", ".join(list(names)[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else ""))
+              for (recall, precision), names in groups]
+    label_points(ax, [p[0] for p in points], [p[1] for p in points], [p[2] for p in points])
     save_figure(fig, save)
     return fig
 
@@ -757,41 +792,44 @@ def lookalike_confusion(preds, targets, groups: Mapping[str, Sequence[str]] = LO
     return pd.DataFrame(rows).set_index(["group", "class"])
 
 
-def lookalike_finding(table: pd.DataFrame, min_images: int = 5, min_alarms: int = 2, min_lift: float = 1.5) -> str:
-    """One sentence on the strongest sibling effect in a :func:`lookalike_confusion` table. Only rates measured on
-    at least ``min_images`` images with at least ``min_alarms`` false alarms count (one image proves nothing);
-    says so when no class qualifies."""
-    solid = table[(table["images with a sibling only"] >= min_images) & (table["false alarms there"] >= min_alarms)]
-    solid = solid[solid["lift"] >= min_lift]
+def lookalike_finding(table: pd.DataFrame, min_images: int = 10, min_alarms: int = 5, min_lift: float = 1.5) -> str:
+    """One sentence on the best-supported sibling effect in a :func:`lookalike_confusion` table: among the classes
+    predicted at least ``min_lift`` times as often next to a sibling as without one, measured on at least
+    ``min_images`` images with at least ``min_alarms`` such false alarms, the one with the most false alarms (a
+    rate on two images proves nothing). Says so when no class qualifies."""
+    solid = table[(table["images with a sibling only"] >= min_images) & (table["false alarms there"] >= min_alarms)
+                  & (table["lift"] >= min_lift)]
     if not len(solid):
         return (f"no class of the look-alike groups is predicted at least {min_lift:g} times as often next to a "
-                f"sibling as without one, with {min_alarms}+ such false alarms on {min_images}+ validation images: "
+                f"sibling as without one with {min_alarms}+ such false alarms on {min_images}+ validation images: "
                 "no clear sibling effect on this split.")
-    solid = solid.sort_values(["lift", "false alarms there"], ascending=False)
+    solid = solid.sort_values(["false alarms there", "lift"], ascending=False)
     (group, name), row = solid.index[0], solid.iloc[0]
     ratio = "never without one" if np.isinf(row["lift"]) else f"{row['lift']:.1f} times the rate"
-    return (f"'{name}' is predicted on {int(row['false alarms there'])} of the {int(row['images with a sibling only'])} "
+    others = len(solid) - 1
+    alarms, images = int(row["false alarms there"]), int(row["images with a sibling only"])
+    return (f"'{name}' is predicted on {alarms} of the {images} "
             f"validation images that hold another {group} member but no {name} ({row['false alarm | sibling']:.0%}), "
-            f"against {row['false alarm | none']:.0%} of the images without any {group} member ({ratio}): "
-            "resemblance and co-occurrence both feed such errors.")
+            f"against {row['false alarm | none']:.0%} of the images without any {group} member ({ratio})"
+            + (f"; {others} more class(es) show such an effect on as much evidence" if others else "")
+            + ". In COCO these classes also share their scenes, so resemblance and co-occurrence both feed such "
+              "errors.")
 
 
 def pick_examples(preds, targets, n: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
-    """Row positions of ``n`` hits (prediction equals the labels exactly; images with more labels first) and
-    ``n`` misses (fewest right, most wrong labels first); ties in random order (seeded)."""
+    """Row positions of the ``n`` best-predicted images (highest per-image F1 of the predicted against the true
+    labels; among equals, those with more labels first) and the ``n`` worst (lowest F1; among equals, more wrong
+    labels first); remaining ties in random order (seeded). Also the per-image F1 of every row (``f1``)."""
     preds = _as_numpy(preds) > 0
     targets = _as_numpy(targets) > 0
     order = np.random.default_rng(seed).permutation(len(preds))  # random order first: ties stay random
     tp = (preds & targets).sum(axis=1)
     errors = (preds ^ targets).sum(axis=1)
-    union = (preds | targets).sum(axis=1)
-    jaccard = np.divide(tp, union, out=np.zeros(len(tp)), where=union > 0)
-    exact = order[errors[order] == 0]
-    wrong = order[errors[order] > 0]
+    f1 = np.divide(2 * tp, 2 * tp + errors, out=np.zeros(len(tp)), where=(2 * tp + errors) > 0)
     # np.lexsort is stable and sorts by its last key first.
-    hits = exact[np.argsort(-tp[exact], kind="stable")][:n]
-    misses = wrong[np.lexsort((-errors[wrong], jaccard[wrong]))][:n]
-    return {"hits": hits, "misses": misses}
+    best = order[np.lexsort((-targets.sum(axis=1)[order], -f1[order]))][:n]
+    worst = order[np.lexsort((-errors[order], f1[order]))][:n]
+    return {"best": best, "worst": worst, "f1": f1}
 
 
 def plot_predictions(source, rows: Sequence[int], parent_idx, preds, targets, probs=None, save=None, ncols: int = 4):
@@ -920,6 +958,15 @@ def collect_runs(runs_dir) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows), skipped
 
 
+def comparable_runs(table: pd.DataFrame, data_root, n_train: int, n_val: int) -> pd.DataFrame:
+    """The finished runs of a :func:`collect_runs` table on ``data_root``'s data with a split of this size."""
+    if not len(table):
+        return table
+    same = (table["status"] == "finished") & (table["data"] == Path(data_root).name) & \
+        (table["train/val images"] == f"{n_train}/{n_val}")
+    return table[same].reset_index(drop=True)
+
+
 def load_reference_study(path=None) -> tuple[pd.DataFrame | None, str]:
     """The team's reference study (``study/results.csv``): (table, message). A missing file gives
     (None, message saying so); a file without the expected columns raises naming them."""
@@ -930,95 +977,61 @@ def load_reference_study(path=None) -> tuple[pd.DataFrame | None, str]:
     missing = [column for column in STUDY_COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(STUDY_COLUMNS)}")
-    return frame, f"{path}: {len(frame)} recipes."
+    return frame, f"{path.name}: {len(frame)} rows, measured with {frame['protocol'].nunique()} protocols."
 
 
-def plot_f1_vs_time(frame: pd.DataFrame, time_col: str, f1_col: str, label_col: str, group_col: str | None = None,
-                    time_unit: str = "min", title: str = "", save=None):
-    """Validation F1 against training time, one marker per row, grouped (colour/marker) by ``group_col``."""
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    usable = frame.dropna(subset=[time_col, f1_col])
-    groups = usable.groupby(group_col, sort=True) if group_col else [("", usable)]
-    for (name, part), marker in zip(groups, "osD^v<>p*h"):
-        ax.scatter(part[time_col], part[f1_col], marker=marker, s=50, label=str(name) if group_col else None)
-        for _, row in part.iterrows():
-            ax.annotate(str(row[label_col])[:40], (row[time_col], row[f1_col]), fontsize=7, xytext=(4, 2),
-                        textcoords="offset points")
-    if len(usable) and (usable[time_col] > 0).all() and usable[time_col].max() / max(usable[time_col].min(), 1e-9) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel(f"training time ({time_unit})")
-    ax.set_ylabel("validation F1 (tuned thresholds)")
-    ax.set_title(title)
-    if group_col:
-        ax.legend(fontsize=8, title=group_col)
+def study_rows(frame: pd.DataFrame | None, protocol: str) -> pd.DataFrame | None:
+    """The rows of the reference study measured with ``protocol``, numbered from 1, their columns as they read
+    (None without a study or such rows)."""
+    if frame is None or not (frame["protocol"] == protocol).any():
+        return None
+    rows = frame[frame["protocol"] == protocol].drop(columns="protocol").reset_index(drop=True)
+    rows.index = pd.RangeIndex(1, len(rows) + 1, name="#")
+    return rows.dropna(axis=1, how="all")
+
+
+def threshold_floor_row(frame: pd.DataFrame | None):
+    """The study's row on a floor under the class thresholds (None without it)."""
+    rows = study_rows(frame, "threshold policies")
+    return None if rows is None else rows.iloc[0]
+
+
+def plot_finetuning(rows: pd.DataFrame, save=None):
+    """Validation mAP of each fine-tuning variant (bars, numbered like the table) and of the frozen backbone with a
+    linear head at the same input size (dashed line)."""
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.4))
+    colours = [_NEUTRAL if "frozen backbone" not in recipe_name else "grey" for recipe_name in rows["recipe"]]
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, rows["val_map"], color=colours)
+    for position, (number, row) in zip(y, rows.iterrows()):
+        ax.text(row["val_map"] + 0.005, position, f"{row['val_map']:.3f}", va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{number}. {textwrap.shorten(name, 70)}" for number, name in zip(rows.index, rows["recipe"])],
+                       fontsize=8)
+    ax.set_xlim(0, min(1.0, rows["val_map"].max() + 0.12))
+    ax.set_xlabel("validation mAP (the default recipe's 90/10 split of coco-mini)")
+    ax.set_title("Fine-tuning EfficientNet-Lite0 end to end (blue) against a frozen backbone with a linear head (grey)")
     fig.tight_layout()
     save_figure(fig, save)
     return fig
 
 
-# ----------------------------------------------------------------------------------------------------------
-# conclusions
-# ----------------------------------------------------------------------------------------------------------
-def _threshold_verdict(out_gain: float, standard_error: float) -> str:
-    if out_gain > 2 * standard_error:
-        return "**Tuning thresholds pays**, though less than it seems in-sample"
-    if out_gain >= -2 * standard_error:
-        return "**Tuning thresholds makes no clear difference here** once measured on held-out images"
-    return "**Tuned thresholds do not carry over** to held-out images here"
-
-
-def _frequency_verdict(rho: float) -> str:
-    if rho >= 0.3:
-        return "**Frequency drives the per-class score**"
-    if rho >= 0.1:
-        return "**Frequency is only loosely related to the per-class score**"
-    return "**Frequency does not explain the per-class score here**"
-
-
-def conclusions(*, demo: bool, data_name: str, n_train_images: int, model: str, epochs_done: int, wall_s: float,
-                hardware: str, thresholds_table: pd.DataFrame, val_map: float,
-                chance_f1: float, factors: pd.DataFrame, bands: pd.DataFrame, weakest: Sequence[str],
-                strongest: Sequence[str], lookalike: pd.DataFrame, predictions_path: str,
-                reference_available: bool, cross_fit: pd.DataFrame | None = None) -> str:
-    """The notebook's closing bullet points: every number, and every verdict's wording, from the arguments."""
-    final = thresholds_table.loc["final", "in-sample F1"]
-    expected = thresholds_table.loc["final", "expected F1"]
-    in_gain = thresholds_table.loc["final", "in-sample gain"]
-    out_gain = thresholds_table.loc["final", "held-out gain"]
-    out_se = thresholds_table.loc["final", "held-out gain (se)"]
-    rho = factors.loc["training images", "Spearman rho with F1"]
-    first, last = bands.iloc[0], bands.iloc[-1]
-    lines = []
-    if demo:
-        lines.append("**Demo mode: everything below describes synthetic shapes, not COCO.** It shows that the code "
-                     "path runs end to end; run with the course data for real conclusions.\n")
-    lines.append(f"- **Result.** {model} trained for {epochs_done} epochs in {wall_s / 60:.1f} min on {hardware}, on "
-                 f"{n_train_images:,} labelled images of `{data_name}`: validation F1 {final:.3f} with tuned thresholds "
-                 f"(mAP {val_map:.3f}); a model that ignores the image and predicts the class frequencies scores "
-                 f"{chance_f1:.3f}.")
-    lines.append(f"- {_threshold_verdict(out_gain, out_se)}: from 0.5 to the tuned thresholds adds {in_gain:+.3f} F1 on "
-                 f"the validation images they were fitted on, and {out_gain:+.3f} (standard error {out_se:.3f}) when "
-                 f"fitted on one half and scored on the other. On new images expect an F1 near {expected:.3f} (F1 at 0.5 plus the held-out gain) rather "
-                 f"than {final:.3f}.")
-    if cross_fit is not None:
-        held, spread = cross_fit.iloc[1], cross_fit.iloc[2]
-        lines.append(f"- **Submitted model: cross-fitted.** The test predictions come from `final.pt`, a head trained on "
-                     f"all labelled images with thresholds tuned on out-of-fold probabilities of all of them. Tuned "
-                     f"that way on the rest and scored on mock test sets of the test set's size it reaches F1 "
-                     f"{held[STEP_NAMES['final']]:.3f} (spread {spread[STEP_NAMES['final']]:.3f} from one mock test set "
-                     f"to the next; at 0.5: {held[STEP_NAMES['0.5']]:.3f}): the figure to expect on the test set.")
-    lines.append(f"- {_frequency_verdict(rho)} (Spearman rho {rho:.2f} between F1 and training images): the commonest "
-                 f"band of classes averages F1 {first['mean F1']:.2f}, the rarest {last['mean F1']:.2f}, and the rarest "
-                 f"band carries {last['weight share']:.0%} of the leaderboard's weight against "
-                 f"{first['weight share']:.0%} for the commonest: rare classes decide the leaderboard.")
-    lines.append(f"- **Weakest classes:** {', '.join(weakest)}; **strongest:** {', '.join(strongest)}.")
-    lines.append(f"- **Look-alikes:** {lookalike_finding(lookalike)}")
-    lines.append(f"- **Submission:** `{predictions_path}` passed the format check against the test folder.")
-    if not reference_available:
-        lines.append("- The reference study (`study/results.csv`) is not in this checkout, so recipes are compared "
-                     "only across the run folders found on disk.")
-    lines.append("- **Next steps** the metric rewards: more epochs or a larger backbone on a GPU, thresholds fitted on "
-                 "more images (`cross_fit_folds` fits them on all labelled images when the backbone is cached), and "
-                 "anything that lifts recall on rare classes (ASL is already on; re-sampling rare classes is a natural "
-                 "next experiment).")
-    return "\n".join(lines)
+def plot_recipe_study(rows: pd.DataFrame, save=None):
+    """Held-out F1 (with its standard error) against held-out mAP of the nested cross-validation rows, numbered like
+    the table."""
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    cross_fit = rows["recipe"].str.contains("cross-fit")
+    for mask, marker, label in ((~cross_fit, "o", "thresholds from an 80/20 split"),
+                                (cross_fit, "s", "cross-fit (the cpu preset's way)")):
+        part = rows[mask]
+        ax.errorbar(part["val_map"], part["val_f1"], yerr=part["f1_se"], fmt=marker, capsize=3, label=label)
+    label_points(ax, rows["val_map"].to_numpy(), rows["val_f1"].to_numpy(), [str(n) for n in rows.index], fontsize=8)
+    ax.set_xlabel("held-out mAP")
+    ax.set_ylabel("held-out leaderboard F1 (mean of 5 folds, +- se)")
+    span_x = rows["val_map"].max() - rows["val_map"].min()
+    ax.set_xlim(rows["val_map"].min() - 0.1 * span_x - 0.01, rows["val_map"].max() + 0.1 * span_x + 0.01)
+    ax.set_title("Recipes on frozen features, judged on images no part of them saw (numbers: table rows)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    save_figure(fig, save)
+    return fig

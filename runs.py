@@ -52,8 +52,8 @@ from engine import ModelEma, evaluate, predict, train_one_epoch, update_graphs
 from runtime import (amp_settings, derived_seed, determinism, hardware_info, inference_batch_size, resolve_device,
                      rng_state, seed_everything, set_rng_state, uses_channels_last)
 
-__all__ = ["fit", "estimate_run", "labelled_images", "load_run", "predict_run", "resolve_checkpoint", "save_checkpoint", "load_checkpoint",
-           "saved_config", "read_history", "CSV_COLUMNS"]
+__all__ = ["fit", "estimate_run", "labelled_images", "load_run", "predict_run", "resolve_checkpoint",
+           "save_checkpoint", "load_checkpoint", "saved_config", "read_history", "CSV_COLUMNS"]
 
 CSV_COLUMNS = ("epoch", "lr", "train/loss", "train/f1@0.5", "val/loss", "val/f1", "val/f1@0.5", "val/precision",
                "val/recall", "val/map", "val/accuracy", "time_s")
@@ -569,6 +569,23 @@ def _warn_small_split(targets, val_idx) -> None:
               f"val_fraction)", file=sys.stderr, flush=True)
 
 
+def _prepare_model(config: Config, net, train_targets, device):
+    """The head's biases at the training split's class rates, the network on its device; returns the state every
+    cross-fitted head starts from (None without cross-fitting)."""
+    if config.prior_from_data:
+        models.set_head_prior(net, train_targets.mean(axis=0))
+    channels_last = uses_channels_last(device, config.channels_last)
+    net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    return copy.deepcopy(net.state_dict()) if config.cross_fit_folds else None
+
+
+def _mark_failed(run_dir: Path, config: Config, err: Exception, seconds: float, device) -> None:
+    files.write_json(run_dir / "summary.json", {
+        "status": "failed", "error": f"{type(err).__name__}: {err}", "epochs": config.epochs,
+        "epochs_done": len(read_history(run_dir)), "time_s": seconds, "model": config.model,
+        "hardware": hardware_info(device)})
+
+
 def _interrupted(run_dir: Path, config: Config) -> None:
     if (run_dir / "last.pt").is_file():
         done = load_checkpoint(run_dir / "last.pt")["epoch"]
@@ -589,7 +606,7 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
     ``best.pt`` (with ``thresholds.json`` and ``val_outputs.npz``) when ``config.select_metric`` improved.
     Ctrl-C keeps the last completed epoch in ``last.pt`` and prints how to resume. ``stop_after_epochs=N`` stops
     like Ctrl-C once N epochs are done (tests). A resumed run uses its saved config; a ``config`` given with
-    ``resume`` may change only ``device``, ``num_workers``, ``progress``, ``data_root`` and ``out_dir``.
+    ``resume`` may change only where and how it runs (``config.RESUME_MUTABLE``).
     Resuming reproduces the uninterrupted run bit for bit with ``deterministic=True``, ``num_workers=0``, the
     same device and the same number of CPU threads (float sums are ordered differently with more threads);
     otherwise it continues statistically equivalently (same schedule, same shuffling order, different last bits).
@@ -621,12 +638,7 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
               flush=True)
         _warn_small_split(full.targets, val_idx)
         try:
-            if config.prior_from_data:
-                models.set_head_prior(net, full.targets[train_idx].mean(axis=0))
-            channels_last = uses_channels_last(device, config.channels_last)
-            net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-            # cross-fitting starts every head from here
-            initial_state = copy.deepcopy(net.state_dict()) if config.cross_fit_folds else None
+            initial_state = _prepare_model(config, net, full.targets[train_idx], device)
             phase_start = time.perf_counter()
             inputs = _inputs(config, net, full, train_idx, val_idx, run_dir, device)
             phases = {"inputs_s": time.perf_counter() - phase_start}  # the feature or image cache
@@ -643,10 +655,7 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
             _interrupted(run_dir, config)
             raise
         except Exception as err:  # the folder says it failed (the run table reads it), then the error goes on
-            files.write_json(run_dir / "summary.json", {
-                "status": "failed", "error": f"{type(err).__name__}: {err}", "epochs": config.epochs,
-                "epochs_done": len(read_history(run_dir)), "time_s": time.perf_counter() - started,
-                "model": config.model, "hardware": hardware_info(device)})
+            _mark_failed(run_dir, config, err, time.perf_counter() - started, device)
             raise
 
 

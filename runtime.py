@@ -85,8 +85,9 @@ def inference_settings(device: torch.device, enabled: bool = True) -> tuple[torc
     """(autocast dtype or None, channels_last) for forward-only passes (feature caching, prediction).
 
     CUDA: as :func:`amp_settings`, channels_last. CPU: bfloat16 + channels_last where the CPU has native
-    bfloat16 (measured on a 2-core Xeon with AMX: EfficientNet-Lite0 at 224 px 27 img/s in float32, 108 img/s
-    this way), float32 + channels_last elsewhere (47 img/s there); float32 on MPS.
+    bfloat16 (measured on a 2-core CPU with AVX512-BF16, study/cpu_precision.py: EfficientNet-Lite0 at 224 px
+    20.5 img/s in float32, 76.5 img/s this way), float32 + channels_last elsewhere (33.6 img/s there); float32 on
+    MPS.
     """
     if device.type == "cuda":
         return amp_settings(device, enabled)[0], True

@@ -44,7 +44,8 @@ def main() -> None:
     store = features.FeatureStore(folder, features.fingerprint(config, source.stems, device), shape)
     start = time.perf_counter()
     features.extract(net, config.cache_stages, source, np.arange(len(source)), views, store, device=device,
-                     batch_size=runtime.inference_batch_size(device, args.image_size, config.batch_size), num_workers=config.num_workers, amp=config.amp, seed=config.seed,
+                     batch_size=runtime.inference_batch_size(device, args.image_size, config.batch_size),
+                     num_workers=config.num_workers, amp=config.amp, seed=config.seed,
                      progress=False, desc=folder.name)
     np.save(folder / "targets.npy", source.targets)
     print(f"{folder}: {shape} in {time.perf_counter() - start:.0f} s")

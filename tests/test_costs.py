@@ -55,7 +55,8 @@ def test_a_feature_cache_larger_than_the_free_disk_is_refused(demo_root, tmp_pat
     monkeypatch.setattr(costs, "free_disk_bytes", lambda path: 1000)
     config = Config(data_root=str(demo_root), out_dir=str(tmp_path / "runs"), cache_stages=3,
                     **{**TINY, "model": "efficientnet_lite0"})
-    with pytest.raises(costs.ResourceError, match="feature cache needs .* of disk, 0 MiB are free; try fewer cache_views"):
+    with pytest.raises(costs.ResourceError,
+                       match="feature cache needs .* of disk, 0 MiB are free; try fewer cache_views"):
         runs.fit(config)
 
 

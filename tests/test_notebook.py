@@ -17,14 +17,18 @@ import pytest
 
 import dataset
 import metrics
+import narrative
+import report
+from config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "challenge.ipynb"
 PARAMETERS = {"DATA_ROOT", "PRESET", "OVERRIDES", "RUNS_DIR", "PREDICTIONS_PATH", "DEMO_DIR", "DEMO_TRAIN_IMAGES",
-              "DEMO_TEST_IMAGES", "FIGURES_DIR"}
+              "DEMO_TEST_IMAGES", "FIGURES_DIR", "PROGRESS"}
 FIGURES = ("03_class_frequency", "03_training_images", "03_labels_per_image", "03_split", "04_augmentation", "05_loss",
            "06_training", "07_threshold_sweep", "07_class_thresholds", "08_per_class", "08_precision_recall",
-           "08_f1_vs_frequency", "08_examples_right", "08_examples_wrong", "09_test_predictions", "10_runs")
+           "08_f1_vs_frequency", "08_examples_best", "08_examples_worst", "09_test_predictions", "10_finetuning",
+           "10_recipes")
 
 
 def _committed_files() -> dict:
@@ -57,7 +61,7 @@ def demo_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         _kernel_environment(monkeypatch)
         output = _execute(work, RUNS_DIR=str(work / "runs"), PREDICTIONS_PATH=str(work / "predictions.json"),
-                          DEMO_DIR=str(work / "demo-data"), FIGURES_DIR=str(work / "figures"))
+                          DEMO_DIR=str(work / "demo-data"), FIGURES_DIR=str(work / "figures"), PROGRESS=False)
     return {"work": work, "output": output, "before": before, "after": _committed_files()}
 
 
@@ -140,3 +144,44 @@ def test_a_wrong_data_root_stops_the_notebook_instead_of_running_the_demo(tmp_pa
     assert raised.value.ename == "FileNotFoundError"
     assert "ms-cocoo" in raised.value.evalue and "not in the course layout" in raised.value.evalue
     assert not (tmp_path / "demo-data").exists() and not (tmp_path / "runs").exists()
+
+
+def _outputs(notebook) -> list[str]:
+    """Every text the executed cells showed (printed lines and Markdown), in order."""
+    texts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if output.get("output_type") == "stream":
+                texts.append(output["text"])
+            texts.append(output.get("data", {}).get("text/markdown", ""))
+    return [text for text in texts if text]
+
+
+def test_sentences_about_the_run_are_true_of_the_run(demo_run):
+    """What the notebook says about its run (recipe, augmentation, what trains, curves, selected epoch, expected
+    score, the model used for the test) is what the run folder records."""
+    notebook = nbformat.read(demo_run["output"], as_version=4)
+    shown = "\n".join(_outputs(notebook))
+    (run_dir,) = [p for p in (demo_run["work"] / "runs").iterdir() if (p / "config.json").is_file()]
+    config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    n_stages = 5  # EfficientNet-Lite0, the demo preset's model
+    assert config.model == "efficientnet_lite0" and f"{config.model} with" in shown
+    assert f"at {config.image_size} px" in shown and "**This execution runs the `demo` recipe**" in shown
+    assert narrative.recipe_summary(config, n_stages, "demo") in shown
+    # the augmentation claimed is the one the run used: cached views, with random crops only if it cached some
+    claim = narrative.augmentation_text(config)
+    assert f"**This run:** {claim}." in shown and ("random crop" in claim) == (config.cache_views > 2)
+    assert narrative.trains_text(config, n_stages) in shown and "the last 2 stages and the head train" in shown
+    # the curves: lowest validation loss, the selected epoch, the expected score's protocol
+    history = report.read_history(run_dir)
+    facts = narrative.history_facts(history)
+    assert narrative.history_text(facts, cached=True) in shown
+    assert f"lowest at epoch {int(history['val/loss'].idxmin())}" in shown
+    assert f"best.pt (epoch {summary['best_epoch']})" in shown
+    assert "**Expected F1 on the test set:" in shown and "held-out halves of the validation split" in shown
+    assert "mock test sets" not in shown.split("**Expected F1 on the test set:")[1].split("\n")[0]  # not cross-fitted
+    assert "valid: 100 test images from best.pt" in shown
+    conclusions = [text for text in _outputs(notebook) if "**Result.**" in text][0]
+    assert f"The demo recipe ({config.model}) trained for {summary['epochs_done']} epochs" in conclusions
+    assert "more epochs (the validation mAP was still rising)" not in conclusions or facts["still_improving"]
