@@ -339,10 +339,12 @@ def _test_images(n_train: int) -> int:
     return max(20, round(n_train * COURSE_TEST / COURSE_TRAIN))
 
 
-def _recipe_config(recipe_name: str, data_root, out_dir, epochs: int | None):
+def _recipe_config(recipe_name: str, data_root, out_dir, epochs: int | None, random_weights: bool = False):
     overrides = {"data_root": str(data_root), "out_dir": str(out_dir), "progress": False}
     if epochs is not None:
         overrides["epochs"] = epochs
+    if random_weights:
+        overrides["pretrained"] = False
     return config_from_preset(recipe_name, **overrides)
 
 
@@ -353,9 +355,10 @@ def _recipe_child(argv) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--epochs", type=int)
+    parser.add_argument("--random-weights", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    config = _recipe_config(args.recipe, args.data, args.out, args.epochs)
+    config = _recipe_config(args.recipe, args.data, args.out, args.epochs, args.random_weights)
     result = runs.fit(config)
     predicted = runs.predict_run(result["run_dir"], Path(args.out) / "predictions.json", progress=False)
     summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
@@ -389,9 +392,17 @@ def recipe_main(argv) -> int:
                         help="epochs per measured run, scaled to the preset's afterwards (default: the preset's for "
                              "recipes on a feature cache, 1 for recipes that train on images)")
     parser.add_argument("--work-dir", help="where generated images and runs are kept (default: a temp folder)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="start from random weights instead of the pretrained ones (the same time and memory), "
+                             "for a preset whose pretrained weights are not on this machine")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     preset = config_from_preset(args.recipe)
+    if preset.pretrained and not args.random_weights and not models.weights_on_disk(preset.model):
+        raise ValueError(f"bench --recipe {args.recipe}: the pretrained weights of {preset.model} are not on this "
+                         f"machine; download them first (python -c \"import models; "
+                         f"models.build_model('{preset.model}')\" says how) or add --random-weights to time the "
+                         f"recipe from random weights, which costs the same time and memory")
     epochs = args.epochs or (None if preset.cache_stages else 1)
     measured = []
     with tempfile.TemporaryDirectory(prefix="bench-recipe-") as tmp:
@@ -402,22 +413,24 @@ def recipe_main(argv) -> int:
             shutil.rmtree(out, ignore_errors=True)
             _log(f"bench: {args.recipe} on {n_images:,} + {_test_images(n_images):,} generated images...")
             command = [sys.executable, "-m", "bench", "_recipe_child", "--recipe", args.recipe, "--data", str(data),
-                       "--out", str(out)] + (["--epochs", str(epochs)] if epochs else [])
+                       "--out", str(out)] + (["--epochs", str(epochs)] if epochs else []) \
+                + (["--random-weights"] if args.random_weights else [])
             child = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent)
             if child.returncode != 0:
-                _log(child.stderr[-3000:])
-                raise RuntimeError(f"bench: the {args.recipe} run on {n_images} images failed "
-                                   f"(exit {child.returncode})")
+                last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"bench: the {args.recipe} run on {n_images} images failed (exit "
+                                   f"{child.returncode}): {last}")
             measured.append({"images": n_images, **json.loads(child.stdout.strip().splitlines()[-1])})
         # what the run's own estimate says for the course's size, on this machine
         config = _recipe_config(args.recipe, make_bench_data(work, min(args.images), _test_images(min(args.images))),
-                                work / "estimate", None)
+                                work / "estimate", None, args.random_weights)
         source = COCOTrainImageDataset(*list(course_dirs(config.data_root).values())[:2])
         n_val = round(COURSE_TRAIN * config.val_fraction)
         course_estimate = costs.estimate(config, recipe.build_net(config), source, n_train=COURSE_TRAIN - n_val,
                                          n_val=n_val, n_test=COURSE_TEST, device=resolve_device(config.device),
                                          out_dir=work)
-    result = _recipe_summary(args.recipe, preset, measured, course_estimate)
+    result = {**_recipe_summary(args.recipe, preset, measured, course_estimate),
+              "weights": "random (--random-weights)" if args.random_weights else "pretrained"}
     if args.json:
         print(json.dumps(result))
     else:

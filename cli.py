@@ -109,17 +109,22 @@ def describe(err: BaseException) -> str:
     return text + ("" if isinstance(err, _EXPECTED) else " (run again with --debug for the traceback)")
 
 
+def _command(argv: list[str]) -> int:
+    if argv[:1] == ["bench"]:
+        return int(bench.bench_main([arg for arg in argv[1:] if arg != "--debug"]) or 0)
+    args = build_parser().parse_args(argv)
+    return _train(args) if args.command == "train" else _predict(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        return int(bench.bench_main(argv[1:]) or 0)
-    args = build_parser().parse_args(argv)
+    debug = "--debug" in argv
     try:
-        return _train(args) if args.command == "train" else _predict(args)
+        return _command(argv)
     except KeyboardInterrupt:
         return 130  # fit printed how to resume
     except Exception as err:  # one line for the user; the traceback with --debug
-        if args.debug:
+        if debug:
             raise
         print(f"error: {describe(err)}", file=sys.stderr)
         return 2

@@ -48,10 +48,10 @@ def about_this_run(preset: str, requested: str | None, demo: bool, cuda: bool) -
     elif cuda:
         why = "a CUDA GPU is available, and this is the default recipe"
     else:
-        why = ("no CUDA GPU is available: the default recipe fine-tunes the whole network in every epoch, a GPU's work "
-               "that takes hours per epoch on a laptop CPU (README gives the cost measured on a 2-core CPU), so the "
-               "notebook runs the `cpu` recipe, which runs a frozen backbone once over the images and trains a head "
-               "on the result")
+        why = ("no CUDA GPU is available: the default recipe fine-tunes the whole network in every epoch, a GPU's "
+               "work that takes hours at the course's size on a laptop CPU (README gives the cost of each recipe "
+               "measured on a 2-core CPU), so the notebook runs the `cpu` recipe, which runs a frozen backbone once "
+               "over the images and trains a head on the result")
     text = f"**This execution runs the `{preset}` recipe** because {why}."
     if preset != "shufflenet":
         weights = ("on this machine" if models.weights_on_disk(models.DEFAULT_MODEL) else
@@ -218,14 +218,20 @@ def threshold_behaviour_text(facts: Mapping, floor_row: Mapping | None = None) -
     if everywhere:
         names = ", ".join(f"{row['class']} ({row['share']:.0%} of the images, threshold {row['threshold']:.2f}, "
                           f"{row['val_images']} validation images)" for row in everywhere[:5])
-        text += f" {len(everywhere)} class(es) are predicted on nearly every image: {names}."
+        shown = "" if len(everywhere) <= 5 else ", the five most often"
+        text += f" {len(everywhere)} class(es) are predicted on nearly every image{shown}: {names}."
     text += (" This is what the leaderboard's metric rewards: it averages precision and recall over classes with "
              "weights 1/positives, so finding the few images of a rare class raises the weighted recall by as much "
              "as the false alarms lower the weighted precision, and per-class tuning on the global F1 trades the two "
              "where the F1 gains.")
     if floor_row is not None:
-        text += f" Measured on held-out images, a floor on the thresholds did not pay: {floor_row['notes']}"
+        text += (" The team's study (`study/results.csv`, protocol `threshold policies`) measured whether a floor "
+                 f"under the class thresholds pays on images they were not tuned on; it does not: {floor_row['notes']}")
     return text
+
+
+_SELECTED_BY = {"map": "validation mAP (which ranks images and ignores calibration)", "f1": "tuned validation F1",
+                "loss": "validation loss"}
 
 
 def generous(facts: Mapping) -> bool:
@@ -284,8 +290,9 @@ def conclusions(*, demo: bool, data_name: str, n_images: int, config: Config, pr
     if history["overfitting"]:
         lines.append(f"- **Overfitting:** the validation loss is lowest at epoch {history['val_loss_min_epoch']} and "
                      f"{history['val_loss_rise']:.0%} higher at the end, while the training F1 at 0.5 reaches "
-                     f"{history['train_f1_last']:.2f} against {history['val_f1_half_last']:.2f}; the selected "
-                     f"checkpoint ({config.select_metric}) is epoch {summary['best_epoch']}.")
+                     f"{history['train_f1_last']:.2f} against {history['val_f1_half_last']:.2f}. best.pt, chosen by "
+                     f"{_SELECTED_BY.get(config.select_metric, config.select_metric)}, is epoch "
+                     f"{summary['best_epoch']}.")
     lines.append(f"- **Rare classes decide the leaderboard:** the rarest quarter of the classes carries "
                  f"{last['weight share']:.0%} of the metric's weight (the commonest {first['weight share']:.0%}); "
                  f"their mean F1 is {last['mean F1']:.2f} against {first['mean F1']:.2f}; {_frequency_phrase(rho)}.")

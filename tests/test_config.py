@@ -39,7 +39,7 @@ def test_cli_flags_mirror_config_and_override_the_preset(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     for f in dataclasses.fields(Config):
         assert "--" + f.name.replace("_", "-") in help_text, f.name
-    assert "(default: 0.001)" in help_text and "(default: shufflenet_v2_x1_0)" in help_text
+    assert f"(default: {Config().lr})" in help_text and "(default: shufflenet_v2_x1_0)" in help_text
 
     args = parser.parse_args(["train", "--preset", "demo", "--epochs", "2", "--no-stratify", "--image-size", "48",
                               "--unfreeze-stages", "none"])

@@ -16,6 +16,7 @@ import cli
 import dataset
 import files
 import metrics
+import models
 import recipe
 import report
 import runs
@@ -122,7 +123,7 @@ def test_resume_with_a_changed_setting_and_a_damaged_checkpoint(data, tmp_path):
     assert done.returncode == 0, done.stderr
     run_dir = done.stdout.strip().splitlines()[-1]
     error = one_error(train("--resume", run_dir, "--lr", "0.5"))
-    assert "cannot resume" in error and "lr: 0.001 -> 0.5" in error
+    assert "cannot resume" in error and f"lr: {Config().lr} -> 0.5" in error
     best = os.path.join(run_dir, "best.pt")
     with open(best, "r+b") as file:
         file.truncate(os.path.getsize(best) // 2)  # cut short, as a copy interrupted halfway would be
@@ -229,6 +230,14 @@ def test_a_split_too_small_to_mean_anything_is_said_to_be(data, tmp_path, capsys
     assert "warning: the validation split holds 2 image(s)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="leave 1 for training at val_fraction 0.5: a run needs at least 2"):
         runs.fit(config.replace(max_train_images=2))
+
+
+def test_bench_fails_in_one_line_when_a_preset_needs_weights_that_are_not_here(monkeypatch, capsys):
+    monkeypatch.setattr(models, "weights_on_disk", lambda name: False)
+    assert cli.main(["bench", "--recipe", "shufflenet", "--images", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1
+    assert "pretrained weights of shufflenet_v2_x1_0 are not on this machine" in err and "--random-weights" in err
 
 
 # ------------------------------------------------------------------------------------------------

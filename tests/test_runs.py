@@ -82,13 +82,15 @@ def test_demo_preset_learns_the_synthetic_data(learn_root, tmp_path):
     prior = np.broadcast_to(full.targets[train_idx].mean(axis=0), full.targets[val_idx].shape)
     chance = metrics.leaderboard_scores(metrics.tune_thresholds(prior, full.targets[val_idx]).apply(prior),
                                         full.targets[val_idx], warn=False)["f1"]
+    chance_map = metrics.mean_average_precision(prior, full.targets[val_idx])  # constant scores: AP = class rate
     best = result["best"]
-    print(f"demo preset: chance F1 {chance:.3f}, best val F1 {best['val/f1']:.3f}, val loss "
-          f"{history[0]['val/loss']:.2f} -> {history[-1]['val/loss']:.2f}")
-    # Measured: chance 0.02, best F1 ~0.34, val loss 7.1 -> 3.7, train loss 5.5 -> 0.7, mAP ~0.5.
+    print(f"demo preset: chance F1 {chance:.3f}, mAP {chance_map:.3f}; best val F1 {best['val/f1']:.3f}, mAP "
+          f"{best['val/map']:.3f}; train loss {history[0]['train/loss']:.2f} -> {history[-1]['train/loss']:.2f}")
+    # Measured: chance F1 0.018; best F1 0.347, mAP 0.56; train loss 4.3 -> 0.41. (The validation loss falls from
+    # 4.2 to 3.1 by epoch 2 and then rises again: 60 validation images of a small synthetic set overfit early.)
     assert chance < 0.05
     assert best["val/f1"] > max(0.15, 5 * chance)  # margin for other CPUs' rounding
-    assert history[-1]["val/loss"] < 0.75 * history[0]["val/loss"]
+    assert best["val/map"] > max(0.3, 4 * chance_map)
     assert history[-1]["train/loss"] < 0.3 * history[0]["train/loss"]
     assert best["val/map"] > 0.3
     run_dir = result["run_dir"]
