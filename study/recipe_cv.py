@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--outer", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the outer folds and of the heads (default: %(default)s, the rows of results.csv)")
     parser.add_argument("--no-amp", action="store_true", help="train the heads in float32 (default: as the preset, "
                                                               "bfloat16 where the CPU has it natively)")
     args = parser.parse_args()
@@ -57,7 +59,7 @@ def main() -> None:
     config = config_from_preset("cpu", model=made["model"], image_size=made["image_size"], pool=made["pool"],
                                 loss=args.loss, head_hidden=args.hidden, head_dropout=args.dropout,
                                 epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, pretrained=False,
-                                amp=not args.no_amp, progress=False)
+                                amp=not args.no_amp, progress=False, seed=args.seed)
     device = torch.device("cpu")
     seed_everything(config.seed)
     net = recipe.build_net(config)  # head weights drawn as a run draws them; the backbone is in the cache
@@ -71,7 +73,7 @@ def main() -> None:
             metrics.mean_average_precision(probs, targets[held])
 
     start = time.perf_counter()
-    outer_folds = dataset.kfold_assignments(targets, args.outer, seed=0)
+    outer_folds = dataset.kfold_assignments(targets, args.outer, seed=args.seed)
     results = {"split": [], "cross-fit": []}
     for outer in range(args.outer):
         held, rest = np.flatnonzero(outer_folds == outer), np.flatnonzero(outer_folds != outer)
@@ -90,7 +92,8 @@ def main() -> None:
         results["cross-fit"].append(scores(features.view_probs(final, store, held, eval_views, 128, device), held,
                                            crossed.thresholds))
     print(f"{folder.name} loss={args.loss} hidden={args.hidden} dropout={args.dropout} epochs={args.epochs} "
-          f"lr={args.lr} wd={args.weight_decay} amp={config.amp} ({time.perf_counter() - start:.0f} s)")
+          f"lr={args.lr} wd={args.weight_decay} amp={config.amp} seed={args.seed} "
+          f"({time.perf_counter() - start:.0f} s)")
     summary = {}
     for name, rows in results.items():
         f1s, maps = np.array(rows).T
