@@ -40,8 +40,8 @@ def write_atomic(path, write: Callable) -> Path:
     except BaseException as err:
         if os.path.exists(temp_name):
             os.remove(temp_name)
-        free = shutil.disk_usage(path.parent).free
-        if isinstance(err, Exception) and free < FULL_DISK_BYTES:
+        free = shutil.disk_usage(path.parent).free if isinstance(err, Exception) else None  # not on Ctrl-C
+        if free is not None and free < FULL_DISK_BYTES:
             # what a full disk raises depends on the writer (torch.save: "RuntimeError: [enforce fail at
             # inline_container.cc:672] . unexpected pos"): say what happened, with the file's name
             raise OSError(errno.ENOSPC, f"{path}: not written, the disk is full ({free / 2**20:.0f} MiB free); "

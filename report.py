@@ -1022,11 +1022,13 @@ def plot_recipe_study(rows: pd.DataFrame, save=None):
     names = rows["recipe"].str.split("; ").str[0]
     order = list(dict.fromkeys(names))
     fig, ax = plt.subplots(figsize=(11, 0.55 * len(order) + 1.6))
+    row_of = names.map({name: len(order) - 1 - position for position, name in enumerate(order)})  # top to bottom
+    crossed = rows["recipe"].str.contains("cross-fit")
     for cross_fit, marker, offset, label in ((False, "o", 0.15, "thresholds from an 80/20 split"),
                                              (True, "s", -0.15, "cross-fit (the cpu preset's way)")):
-        part = rows[rows["recipe"].str.contains("cross-fit") == cross_fit]
-        y = np.array([len(order) - 1 - order.index(name) for name in part["recipe"].str.split("; ").str[0]]) + offset
-        ax.errorbar(part["val_f1"], y, xerr=part["f1_se"], fmt=marker, capsize=3, label=label)
+        part = crossed == cross_fit
+        ax.errorbar(rows.loc[part, "val_f1"], row_of[part] + offset, xerr=rows.loc[part, "f1_se"], fmt=marker,
+                    capsize=3, label=label)
     low = (rows["val_f1"] - rows["f1_se"]).min()
     high = (rows["val_f1"] + rows["f1_se"]).max()
     for position, name in enumerate(order[::-1]):
