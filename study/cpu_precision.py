@@ -9,19 +9,13 @@ makes it, the run's loss), and ``features.compute`` for the forward-only pass of
     python study/cpu_precision.py --models efficientnet_lite0:224:64 --rounds 5
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import engine  # noqa: E402
-import features  # noqa: E402
-import recipe  # noqa: E402
-import runtime  # noqa: E402
-from config import Config  # noqa: E402
+from coco import engine, features, recipe, runtime
+from coco.config import Config
 
 SETTINGS = {"float32": (None, False), "float32 + channels_last": (None, True), "bfloat16": (torch.bfloat16, False),
             "bfloat16 + channels_last": (torch.bfloat16, True)}

@@ -9,19 +9,14 @@ the targets beside it.
     python study/extract_features.py efficientnet_lite0 224 --pool avg
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import dataset  # noqa: E402
-import features  # noqa: E402
-import recipe  # noqa: E402
-import runtime  # noqa: E402
-from config import config_from_preset  # noqa: E402
+from coco import course, data, features, recipe, runtime
+from coco.config import config_from_preset
 
 
 def main() -> None:
@@ -34,8 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     config = config_from_preset("cpu", model=args.model, image_size=args.image_size, pool=args.pool,
                                 data_root=args.data_root, progress=False)
-    dirs = dataset.course_dirs(args.data_root)
-    source = dataset.COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"])
+    dirs = course.course_dirs(args.data_root)
+    source = data.COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"])
     device = torch.device("cpu")
     net = recipe.build_net(config)
     views = features.cache_views(config)[0]

@@ -3,8 +3,8 @@ features of extract_features.py, scored like the leaderboard on images that no p
 
 Everything a recipe does is the run engine's own code: heads are trained by ``features.train_head`` (the cpu
 preset's optimiser, schedule, views and precision, with the head options given here), cross-fitting is
-``features.cross_fit``, folds come from ``dataset.kfold_assignments`` and thresholds from
-``metrics.tune_thresholds`` with the preset's settings.
+``features.cross_fit``, folds come from ``course.kfold_assignments`` and thresholds from
+``thresholds.tune_thresholds`` with the preset's settings.
 
 Outer 5 folds, stratified: each holds out a fifth of the labelled images (479 of coco-mini's 2,395; its test set
 has 834). On the other four fifths two ways of getting a predictor and its thresholds are compared:
@@ -19,7 +19,6 @@ has 834). On the other four fifths two ways of getting a predictor and its thres
 import argparse
 import copy
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,13 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import dataset  # noqa: E402
-import features  # noqa: E402
-import metrics  # noqa: E402
-import recipe  # noqa: E402
-from config import config_from_preset  # noqa: E402
-from runtime import seed_everything  # noqa: E402
+from coco import course, features, leaderboard, recipe, thresholds
+from coco.config import config_from_preset
+from coco.runtime import seed_everything
 
 
 def main() -> None:
@@ -51,7 +46,7 @@ def main() -> None:
     parser.add_argument("--no-amp", action="store_true", help="train the heads in float32 (default: as the preset, "
                                                               "bfloat16 where the CPU has it natively)")
     args = parser.parse_args()
-    warnings.simplefilter("ignore", metrics.MissingClassWarning)
+    warnings.simplefilter("ignore", leaderboard.MissingClassWarning)
     folder = Path(args.features)
     store = features.FeatureStore.open(folder)
     targets = np.load(folder / "targets.npy")
@@ -69,19 +64,19 @@ def main() -> None:
     tuning = config.tuning_options()
 
     def scores(probs, held, tuned):
-        return metrics.leaderboard_scores(tuned.apply(probs), targets[held], warn=False)["f1"], \
-            metrics.mean_average_precision(probs, targets[held])
+        return leaderboard.leaderboard_scores(tuned.apply(probs), targets[held], warn=False)["f1"], \
+            leaderboard.mean_average_precision(probs, targets[held])
 
     start = time.perf_counter()
-    outer_folds = dataset.kfold_assignments(targets, args.outer, seed=args.seed)
+    outer_folds = course.kfold_assignments(targets, args.outer, seed=args.seed)
     results = {"split": [], "cross-fit": []}
     for outer in range(args.outer):
         held, rest = np.flatnonzero(outer_folds == outer), np.flatnonzero(outer_folds != outer)
         # split: a head on 80 % of the rest, thresholds on the other 20 %
-        fit_idx, tune_idx = dataset.split_train_val(targets[rest], config.val_fraction, seed=outer, stratify=True)
+        fit_idx, tune_idx = course.split_train_val(targets[rest], config.val_fraction, seed=outer, stratify=True)
         module = features.train_head(net, initial_state, criterion, store, targets, rest[fit_idx], config, device,
                                      seed=config.seed)
-        tuned = metrics.tune_thresholds(
+        tuned = thresholds.tune_thresholds(
             features.view_probs(module, store, rest[tune_idx], eval_views, 128, device), targets[rest[tune_idx]],
             **tuning)
         results["split"].append(scores(features.view_probs(module, store, held, eval_views, 128, device), held,

@@ -1,21 +1,19 @@
 """Study helper: threshold-tuning policies compared on images they were not tuned on.
 
 Reads the out-of-fold probabilities of a cross-fitted run (``oof.npz``, one row per labelled image) and scores
-each policy with ``metrics.mock_test_scores``, the protocol of the notebook's expected score: stratified mock test
+each policy with ``thresholds.mock_test_scores``, the protocol of the notebook's expected score: stratified mock test
 sets of the test set's size, thresholds tuned on the other images. Every policy meets the same mock test sets, so
 the differences to the default are paired.
 
     python study/threshold_policies.py runs/<timestamp>-cpu/oof.npz --repeats 20
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import metrics  # noqa: E402
-from config import config_from_preset  # noqa: E402
+from coco import thresholds
+from coco.config import config_from_preset
 
 POLICIES = {
     "default": {},
@@ -36,7 +34,7 @@ def main() -> None:
     saved = np.load(args.oof)
     probs, targets = saved["probs"], saved["targets"]
     tuning = config_from_preset("cpu").tuning_options()
-    scores = {name: metrics.mock_test_scores(probs, targets, args.test_size, repeats=args.repeats,
+    scores = {name: thresholds.mock_test_scores(probs, targets, args.test_size, repeats=args.repeats,
                                              **{**tuning, **options})
               for name, options in POLICIES.items()}
     base = np.array([s["final"] for s in scores["default"]])

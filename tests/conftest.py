@@ -1,14 +1,15 @@
-"""Shared fixtures: the project root on sys.path and a small synthetic dataset in the course layout."""
+"""Shared fixtures: a small synthetic dataset in the course layout, one-thread torch, the checkout's paths.
+
+The checkout's root is importable through pyproject.toml's pytest settings (``pythonpath``)."""
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from coco import synthetic
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 COCO_MINI = ROOT.parent / "shared" / "coco-mini"
 
@@ -27,7 +28,6 @@ def cli_env(**extra):
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A small synthetic dataset (course layout), generated once per test session."""
-    import synthetic
 
     return synthetic.make_demo_dataset(tmp_path_factory.mktemp("demo") / "ms-coco", n_train=240, n_test=60,
                                        seed=0, long_side=96)

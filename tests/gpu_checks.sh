@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')"
 $PY -m pytest -q tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log"
 $PY -m loops bench --device cuda --batch-size 256 --image-size 224 --json --work-dir "$OUT/bench" | tee "$OUT/bench.json"
-$PY -m synthetic "$OUT/data" --train 4000 --test 400
+$PY -m coco.synthetic "$OUT/data" --train 4000 --test 400
 # pretrained: false only because a GPU machine without internet cannot download ShuffleNet's weights
 MSCOCO_ROOT="$OUT/data" $PY -m papermill challenge.ipynb "$OUT/challenge-gpu.ipynb" -p PRESET shufflenet \
     -p RUNS_DIR "$OUT/runs" -p PREDICTIONS_PATH "$OUT/predictions.json" -p FIGURES_DIR "$OUT/figures" \

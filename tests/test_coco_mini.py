@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import metrics
 from conftest import COCO_MINI, ROOT
+
+from coco import submission
 
 pytestmark = pytest.mark.skipif(not COCO_MINI.is_dir(), reason="../shared/coco-mini is not present on this machine")
 
@@ -41,5 +41,5 @@ def test_cpu_preset_trains_and_predicts_on_real_photos(tmp_path):
     assert "final.pt" in predict.stdout
     predictions = json.loads(out.read_text())
     assert len(predictions) == 834
-    assert metrics.validate_predictions(predictions, metrics.test_stems(COCO_MINI / "images" / "test-resized")) == []
+    assert submission.validate_predictions(predictions, submission.test_stems(COCO_MINI / "images" / "test-resized")) == []
     assert np.mean([len(labels) for labels in predictions.values()]) >= 1

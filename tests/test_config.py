@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-import cli
-import recipe
-from config import PRESET_DESCRIPTIONS, PRESETS, Config, config_from_preset
+from coco import cli, recipe
+from coco.config import PRESET_DESCRIPTIONS, PRESETS, Config, config_from_preset
 
 
 def test_config_round_trips_and_rejects_unknown_keys():

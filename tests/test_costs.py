@@ -4,11 +4,10 @@ import subprocess
 import sys
 
 import pytest
-
-import costs
-import runs
-from config import Config
 from conftest import ROOT, TINY, cli_env
+
+from coco import costs, fit
+from coco.config import Config
 
 pytestmark = pytest.mark.filterwarnings("ignore::metrics.MissingClassWarning")
 
@@ -21,7 +20,7 @@ def _one_thread(one_thread):
 def test_the_estimate_names_every_phase_with_time_memory_and_disk(demo_root, tmp_path):
     cached = Config(data_root=str(demo_root), out_dir=str(tmp_path), cache_stages=3, cache_views=2, tta_hflip=True,
                     cross_fit_folds=0, **{**TINY, "model": "efficientnet_lite0"})
-    estimate = runs.estimate_run(cached)
+    estimate = fit.estimate_run(cached)
     assert list(estimate.phases) == ["feature cache", "epochs", "predict"]
     assert all(seconds > 0 for seconds, _ in estimate.phases.values())
     assert estimate.phases["feature cache"][1].startswith("2 view(s) x 96 images")
@@ -33,9 +32,9 @@ def test_the_estimate_names_every_phase_with_time_memory_and_disk(demo_root, tmp
         assert word in text, word
     assert not list(tmp_path.iterdir()), "an estimate writes nothing"
     images = Config(data_root=str(demo_root), out_dir=str(tmp_path), cross_fit_folds=0, **TINY)
-    assert list(runs.estimate_run(images).phases) == ["epochs", "predict"]
+    assert list(fit.estimate_run(images).phases) == ["epochs", "predict"]
     crossfit = cached.replace(cache_stages=5, cross_fit_folds=3)
-    assert "cross-fit" in runs.estimate_run(crossfit).phases
+    assert "cross-fit" in fit.estimate_run(crossfit).phases
 
 
 def test_a_run_that_does_not_fit_in_memory_stops_before_writing_anything(demo_root, tmp_path, monkeypatch, capsys):
@@ -43,7 +42,7 @@ def test_a_run_that_does_not_fit_in_memory_stops_before_writing_anything(demo_ro
     out_dir = tmp_path / "runs"
     config = Config(data_root=str(demo_root), out_dir=str(out_dir), **TINY)
     with pytest.raises(costs.ResourceError) as caught:
-        runs.fit(config)
+        fit.fit(config)
     message = str(caught.value)
     assert "does not fit on this machine" in message and "100 MiB are available" in message
     assert "needs about" in message and "try " in message
@@ -57,7 +56,7 @@ def test_a_feature_cache_larger_than_the_free_disk_is_refused(demo_root, tmp_pat
                     **{**TINY, "model": "efficientnet_lite0"})
     with pytest.raises(costs.ResourceError,
                        match="feature cache needs .* of disk, 0 MiB are free; try fewer cache_views"):
-        runs.fit(config)
+        fit.fit(config)
 
 
 def test_the_command_line_reports_a_refusal_in_one_line(demo_root, tmp_path):

@@ -10,17 +10,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from torch import nn
 
-import engine
-import metrics
-import runs
-import runtime
-from config import Config
-from conftest import TINY
+from coco import engine, fit, predict, runtime, submission
+from coco.config import Config
+from coco.run_dir import RunDir
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-              pytest.mark.filterwarnings("ignore::metrics.MissingClassWarning")]
+              pytest.mark.filterwarnings("ignore::coco.leaderboard.MissingClassWarning")]
 
 CUDA = dict(TINY, device="cuda", deterministic=False)
 
@@ -70,16 +68,16 @@ def test_channels_last_gives_the_same_probabilities():
 
 def test_fit_on_cuda_uses_the_gpu_input_path_and_predicts_with_the_run_thresholds(demo_root, tmp_path, capsys):
     config = Config(data_root=str(demo_root), out_dir=str(tmp_path / "runs"), **{**CUDA, "epochs": 2})
-    result = runs.fit(config)
+    result = fit.fit(config)
     out = capsys.readouterr().out
     assert "gpu path (main process, jpeg cache, decode on cuda)" in out
     assert result["status"] == "finished" and all(np.isfinite(row["val/loss"]) for row in result["history"])
     assert json.loads((result["run_dir"] / "summary.json").read_text())["hardware"]["gpu"]
-    summary = runs.predict_run(result["run_dir"], tmp_path / "predictions.json", device="cuda", progress=False)
-    predictions = metrics.load_and_validate(tmp_path / "predictions.json", demo_root)
-    thresholds = runs.load_run(result["run_dir"])[2]
+    summary = predict.predict_run(result["run_dir"], tmp_path / "predictions.json", device="cuda", progress=False)
+    predictions = submission.load_and_validate(tmp_path / "predictions.json", demo_root)
+    thresholds = predict.load_run(result["run_dir"])[2]
     assert summary["global_threshold"] == thresholds.global_threshold and len(predictions) == summary["images"]
-    on_cpu = runs.predict_run(result["run_dir"], tmp_path / "cpu.json", device="cpu", progress=False)
+    on_cpu = predict.predict_run(result["run_dir"], tmp_path / "cpu.json", device="cpu", progress=False)
     cpu_predictions = json.loads((tmp_path / "cpu.json").read_text())
     same = np.mean([predictions[stem] == cpu_predictions[stem] for stem in predictions])
     assert same > 0.8, f"CUDA and CPU predictions agree on {same:.0%} of the test images"
@@ -88,18 +86,18 @@ def test_fit_on_cuda_uses_the_gpu_input_path_and_predicts_with_the_run_threshold
 
 def test_compile_when_asked(demo_root, tmp_path):
     config = Config(data_root=str(demo_root), out_dir=str(tmp_path), compile=True, **{**CUDA, "epochs": 1})
-    result = runs.fit(config)
+    result = fit.fit(config)
     assert result["status"] == "finished" and np.isfinite(result["best"]["val/loss"])
 
 
 def test_resume_on_cuda_continues_the_schedule(demo_root, tmp_path):
     config = Config(data_root=str(demo_root), out_dir=str(tmp_path), **{**CUDA, "epochs": 3, "deterministic": True})
-    whole = runs.fit(config.replace(out_dir=str(tmp_path / "whole")))
-    stopped = runs.fit(config, stop_after_epochs=1)
-    resumed = runs.fit(resume=stopped["run_dir"])
+    whole = fit.fit(config.replace(out_dir=str(tmp_path / "whole")))
+    stopped = fit.fit(config, stop_after_epochs=1)
+    resumed = fit.fit(resume=stopped["run_dir"])
     assert resumed["status"] == "finished" and [row["epoch"] for row in resumed["history"]] == [1, 2, 3]
-    checkpoint = runs.load_checkpoint(resumed["run_dir"] / "last.pt")
-    assert checkpoint["scheduler"]["last_epoch"] == runs.load_checkpoint(whole["run_dir"] / "last.pt")["scheduler"][
+    checkpoint = RunDir(resumed["run_dir"]).load_checkpoint("last")
+    assert checkpoint["scheduler"]["last_epoch"] == RunDir(whole["run_dir"]).load_checkpoint("last")["scheduler"][
         "last_epoch"]
     # deterministic kernels: the continued run follows the uninterrupted one closely
     assert resumed["history"][-1]["val/loss"] == pytest.approx(whole["history"][-1]["val/loss"], rel=1e-3)

@@ -6,13 +6,22 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import COCO_MINI
 from PIL import Image
 
-import dataset
-from dataset import (CLASSES, NUM_CLASSES, COCOTestImageDataset, COCOTrainImageDataset, EvalPreset,
-                     TrainPreset, TransformSubset, course_dirs, find_data_root, load_split,
-                     read_label_file, save_split, split_train_val)
-from conftest import COCO_MINI
+from coco import course, data
+from coco.course import (
+    CLASSES,
+    NUM_CLASSES,
+    course_dirs,
+    find_data_root,
+    load_split,
+    read_label_file,
+    save_split,
+    split_train_val,
+)
+from coco.data import COCOTestImageDataset, COCOTrainImageDataset, TransformSubset
+from coco.transforms import EvalPreset, TrainPreset
 
 HALF = dict(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
 
@@ -111,7 +120,7 @@ def test_truncated_jpeg_is_reported(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(OSError, match="cut.jpg"):
-        dataset.load_rgb(path)
+        data.load_rgb(path)
 
 
 @pytest.mark.parametrize("mode, suffix", [("L", ".jpg"), ("CMYK", ".jpg"), ("P", ".png"), ("RGBA", ".png"),
@@ -121,14 +130,14 @@ def test_any_colour_mode_becomes_rgb(tmp_path, mode, suffix):
     rgb = Image.new("RGB", (20, 10), (30, 120, 200))
     image = rgb.convert(mode) if mode != "I;16" else Image.new("I;16", (20, 10), 4000)
     image.save(path)
-    loaded = dataset.load_rgb(path)
+    loaded = data.load_rgb(path)
     assert loaded.mode == "RGB" and loaded.size == (20, 10)
 
 
 def test_transparent_pixels_become_white(tmp_path):
     path = tmp_path / "t.png"
     Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(path)
-    assert dataset.load_rgb(path).getpixel((0, 0)) == (255, 255, 255)
+    assert data.load_rgb(path).getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_split_is_seeded_stratified_and_disjoint():
@@ -152,10 +161,10 @@ def test_split_is_seeded_stratified_and_disjoint():
 def test_kfold_assignments_are_seeded_balanced_and_stratified():
     rng = np.random.default_rng(2)
     targets = (rng.random((1000, 80)) < np.linspace(0.3, 0.002, 80)).astype(np.float32)
-    folds = dataset.kfold_assignments(targets, 5, seed=0)
+    folds = course.kfold_assignments(targets, 5, seed=0)
     assert folds.shape == (1000,) and set(folds) == set(range(5))
-    assert np.array_equal(folds, dataset.kfold_assignments(targets, 5, seed=0))
-    assert not np.array_equal(folds, dataset.kfold_assignments(targets, 5, seed=1))
+    assert np.array_equal(folds, course.kfold_assignments(targets, 5, seed=0))
+    assert not np.array_equal(folds, course.kfold_assignments(targets, 5, seed=1))
     sizes = np.bincount(folds)
     assert sizes.max() - sizes.min() <= 0.1 * 1000 / 5, sizes  # within a few percent of each other
     per_fold = np.stack([targets[folds == k].sum(0) for k in range(5)])  # (folds, classes)
@@ -168,7 +177,7 @@ def test_kfold_assignments_are_seeded_balanced_and_stratified():
     plain_per_fold = np.stack([targets[plain == k].sum(0) for k in range(5)])
     assert (plain_per_fold.max(0) - plain_per_fold.min(0))[rare].max() > 2  # what stratification prevents
     with pytest.raises(ValueError, match="n_folds"):
-        dataset.kfold_assignments(targets, 1)
+        course.kfold_assignments(targets, 1)
 
 
 def test_split_round_trip_and_missing_stems(tmp_path):

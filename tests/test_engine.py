@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import engine
-import metrics
+import loops
+from coco import engine, leaderboard
 
 
 def _logit(p):
@@ -24,7 +24,7 @@ def test_validation_loop_thresholds_probabilities_with_the_leaderboard_metric():
                             [1., 1., 0.]])
     logits = torch.log(probs / (1 - probs))
     loader = DataLoader(TensorDataset(logits, targets), batch_size=2)
-    results, class_results = engine.validation_loop(loader, nn.Identity(), nn.BCEWithLogitsLoss(), 3, "cpu",
+    results, class_results = loops.validation_loop(loader, nn.Identity(), nn.BCEWithLogitsLoss(), 3, "cpu",
                                                    multi_label=True, th_multi_label=0.5, class_metrics=True)
     # Predicted at p > 0.5: class 0 {img0, img1}: TP 1, FP 1, 2 positives -> P 1/2, R 1/2
     # class 1 {img1, img2}: TP 2, FP 0, 2 positives -> P 1, R 1;  class 2 {img0}: TP 1, 1 positive -> P 1, R 1
@@ -40,17 +40,17 @@ def test_validation_loop_thresholds_probabilities_with_the_leaderboard_metric():
     # Thresholding the logits at 0.5 instead (the course skeleton's habit) would drop img0/class 0 (logit 0.41),
     # img1/class 0 (0.20) and img2/class 1 (0.08): a different F1, so the value above proves probabilities.
     logit_preds = logits > 0.5
-    assert metrics.leaderboard_scores(logit_preds, targets, warn=False)["f1"] != pytest.approx(results["f1"])
+    assert leaderboard.leaderboard_scores(logit_preds, targets, warn=False)["f1"] != pytest.approx(results["f1"])
 
 
 def test_validation_loop_single_label_and_one_hot():
     logits = torch.tensor([[2.0, 0.1, 0.0], [0.0, 3.0, 0.2], [0.1, 0.0, 1.0], [1.0, 0.0, 0.0]])
     labels = torch.tensor([0, 1, 1, 2])
     loader = DataLoader(TensorDataset(logits, labels), batch_size=3)
-    results = engine.validation_loop(loader, nn.Identity(), nn.CrossEntropyLoss(), 3, "cpu")
+    results = loops.validation_loop(loader, nn.Identity(), nn.CrossEntropyLoss(), 3, "cpu")
     assert results["accuracy"] == pytest.approx(0.5)
     one_hot_loader = DataLoader(TensorDataset(logits, torch.eye(3)[labels]), batch_size=3)
-    same = engine.validation_loop(one_hot_loader, nn.Identity(), nn.CrossEntropyLoss(), 3, "cpu", one_hot=True)
+    same = loops.validation_loop(one_hot_loader, nn.Identity(), nn.CrossEntropyLoss(), 3, "cpu", one_hot=True)
     assert same["accuracy"] == results["accuracy"] and same["f1"] == pytest.approx(results["f1"])
 
 
@@ -62,13 +62,13 @@ def test_train_loop_returns_grouped_minibatch_losses_and_learns():
     net = nn.Linear(8, 4)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
     criterion = nn.BCEWithLogitsLoss()
-    before = engine.validation_loop(loader, net, criterion, 4, "cpu", multi_label=True)
-    assert engine.train_loop(loader, net, criterion, optimizer, "cpu") is None
-    losses = engine.train_loop(loader, net, criterion, optimizer, "cpu", mbatch_loss_group=3)
+    before = loops.validation_loop(loader, net, criterion, 4, "cpu", multi_label=True)
+    assert loops.train_loop(loader, net, criterion, optimizer, "cpu") is None
+    losses = loops.train_loop(loader, net, criterion, optimizer, "cpu", mbatch_loss_group=3)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)  # 8 batches -> 2 full groups of 3
     for _ in range(10):
-        engine.train_loop(loader, net, criterion, optimizer, "cpu")
-    after = engine.validation_loop(loader, net, criterion, 4, "cpu", multi_label=True)
+        loops.train_loop(loader, net, criterion, optimizer, "cpu")
+    after = loops.validation_loop(loader, net, criterion, 4, "cpu", multi_label=True)
     assert after["loss"] < 0.6 * before["loss"] and after["f1"] > 0.9
 
 

@@ -5,18 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-
-import dataset
-import features
-import metrics
-import models
-import recipe
-import runs
-import runtime
-from config import Config
 from conftest import TINY
 
-pytestmark = pytest.mark.filterwarnings("ignore::metrics.MissingClassWarning")  # small splits miss classes
+from coco import course, data, features, fit, leaderboard, losses, networks, predict, recipe, runtime, transforms
+from coco.config import Config
+from coco.run_dir import RunDir
+
+pytestmark = pytest.mark.filterwarnings("ignore::coco.leaderboard.MissingClassWarning")  # small splits miss classes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,33 +25,33 @@ def test_feature_cache_mode_trains_the_tail_and_predicts_with_the_full_model(dem
                           amp=False, **{**TINY, "epochs": 2})
     runtime.seed_everything(config.seed)
     initial = recipe.build_net(config).state_dict()
-    result = runs.fit(config)
+    result = fit.fit(config)
     assert all(math.isfinite(row["val/loss"]) for row in result["history"])
-    final = runs.load_checkpoint(result["run_dir"] / "last.pt")["model"]
+    final = RunDir(result["run_dir"]).load_checkpoint("last")["model"]
     for key in final:
         if key.startswith(("stages.0.", "stages.1.", "stages.2.")):
             assert torch.equal(final[key], initial[key]), key  # cached stages never change
     assert not torch.equal(final["stages.4.0.weight"], initial["stages.4.0.weight"])
     # The full model on images gives the probabilities the cached tail gave on features (float16 cache).
-    model, _, _ = runs.load_run(result["run_dir"], "last")
-    full = dataset.COCOTrainImageDataset(*list(dataset.course_dirs(demo_root).values())[:2],
+    model, _, _ = predict.load_run(result["run_dir"], "last")
+    full = data.COCOTrainImageDataset(*list(course.course_dirs(demo_root).values())[:2],
                                          max_images=config.max_train_images)
-    _, val_idx = dataset.load_split(result["run_dir"] / "split.json", full.stems)
-    eval_tf = dataset.EvalPreset(image_size=config.image_size, mean=model.spec.mean, std=model.spec.std)
+    _, val_idx = course.load_split(result["run_dir"] / "split.json", full.stems)
+    eval_tf = transforms.EvalPreset(image_size=config.image_size, mean=model.spec.mean, std=model.spec.std)
     images = torch.stack([eval_tf(full.load_image(int(i))) for i in val_idx])
     with torch.no_grad():
         probs = torch.sigmoid(model(images))
         cached = torch.sigmoid(model.forward_from(3, model.features_until(3, images).half().float()))
     torch.testing.assert_close(cached, probs, atol=2e-3, rtol=0)
     with torch.no_grad():
-        val_loss = models.build_loss("asl")(model(images), torch.as_tensor(full.targets[val_idx])).item()
+        val_loss = losses.build_loss("asl")(model(images), torch.as_tensor(full.targets[val_idx])).item()
     assert result["history"][-1]["val/loss"] == pytest.approx(val_loss, rel=1e-2)
 
 
 def _photos(demo_root, n, size=64):
-    source = dataset.COCOTrainImageDataset(*list(dataset.course_dirs(demo_root).values())[:2], max_images=n)
-    spec = models.get_spec("efficientnet_lite0")
-    preset = dataset.EvalPreset(image_size=size, mean=spec.mean, std=spec.std)
+    source = data.COCOTrainImageDataset(*list(course.course_dirs(demo_root).values())[:2], max_images=n)
+    spec = networks.get_spec("efficientnet_lite0")
+    preset = transforms.EvalPreset(image_size=size, mean=spec.mean, std=spec.std)
     return source, torch.stack([preset(source.load_image(i)) for i in range(n)])
 
 
@@ -70,7 +65,7 @@ def test_inference_settings_and_the_bf16_feature_cache(demo_root, tmp_path):
     # pretrained: a random-init network's activations all but vanish in eval mode, and 0 == 0 in any precision
     net = recipe.build_net(Config(model="efficientnet_lite0")).eval()
     source, images = _photos(demo_root, 16)
-    views = [dataset.EvalPreset(image_size=64, mean=net.spec.mean, std=net.spec.std)]
+    views = [transforms.EvalPreset(image_size=64, mean=net.spec.mean, std=net.spec.std)]
     banks = {}
     for amp in (False, True):
         store = features.FeatureStore(tmp_path / f"amp{amp}", {"amp": amp}, (1, 16, 112, 4, 4), chunk_images=8)
@@ -148,28 +143,28 @@ def test_cross_fit_tunes_on_out_of_fold_probabilities_and_predict_uses_final(dem
                           pretrained=False, image_size=32, cache_stages=5, cache_views=1, tta_hflip=True,
                           cross_fit_folds=3, **{k: v for k, v in TINY.items() if k not in ("model", "pretrained",
                                                                                            "image_size")})
-    result = runs.fit(config)
+    result = fit.fit(config)
     run_dir = result["run_dir"]
     record = json.loads((run_dir / "cross_fit.json").read_text())
     oof = np.load(run_dir / "oof.npz")
-    full = dataset.COCOTrainImageDataset(*list(dataset.course_dirs(demo_root).values())[:2],
+    full = data.COCOTrainImageDataset(*list(course.course_dirs(demo_root).values())[:2],
                                          max_images=config.max_train_images)
     # every labelled image has exactly one out-of-fold probability row, its own labels beside it
     assert sorted(oof["stems"]) == sorted(full.stems) and oof["probs"].shape == (len(full), 80)
     by_stem = dict(zip(full.stems, full.targets))
     assert all(np.array_equal(by_stem[stem], row) for stem, row in zip(oof["stems"], oof["targets"]))
     assert set(oof["folds"]) == {0, 1, 2}
-    assert record["oof_map"] == pytest.approx(metrics.mean_average_precision(oof["probs"], oof["targets"]))
+    assert record["oof_map"] == pytest.approx(leaderboard.mean_average_precision(oof["probs"], oof["targets"]))
     # the final checkpoint holds the out-of-fold thresholds and differs from the split run's best
-    final_model, _, final_thresholds = runs.load_run(run_dir, "final")
-    best_model, _, _ = runs.load_run(run_dir, "best")
+    final_model, _, final_thresholds = predict.load_run(run_dir, "final")
+    best_model, _, _ = predict.load_run(run_dir, "best")
     np.testing.assert_allclose(final_thresholds.class_thresholds, record["thresholds"]["class_thresholds"])
     assert not torch.equal(final_model.head[-1].weight, best_model.head[-1].weight)
-    assert runs.resolve_checkpoint(run_dir) == "final"
-    summary = runs.predict_run(run_dir, tmp_path / "p.json", progress=False)
+    assert RunDir(run_dir).resolve_checkpoint() == "final"
+    summary = predict.predict_run(run_dir, tmp_path / "p.json", progress=False)
     assert summary["checkpoint"] == "final.pt"
     with pytest.raises(ValueError, match="cross_fit_folds"):
-        runs.fit(config.replace(cache_stages=3))
+        fit.fit(config.replace(cache_stages=3))
     with pytest.raises(ValueError, match="cross_fit_folds"):
         config.replace(cross_fit_folds=1).validate()
 
@@ -180,7 +175,7 @@ def test_ctrl_c_during_feature_extraction_and_resume_give_the_uninterrupted_run(
     monkeypatch.setattr(features, "CHUNK_IMAGES", 32)  # 96 images: 3 chunks per view
     config = Config(data_root=str(demo_root), cache_stages=3, cache_views=3,
                     **{**TINY, "model": "efficientnet_lite0", "epochs": 2})
-    uninterrupted = runs.fit(config.replace(out_dir=str(tmp_path / "whole")))
+    uninterrupted = fit.fit(config.replace(out_dir=str(tmp_path / "whole")))
 
     real_write, calls, interrupt = features.FeatureStore.write, [], [True]
 
@@ -192,13 +187,13 @@ def test_ctrl_c_during_feature_extraction_and_resume_give_the_uninterrupted_run(
 
     monkeypatch.setattr(features.FeatureStore, "write", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
-        runs.fit(config.replace(out_dir=str(tmp_path / "runs")))
+        fit.fit(config.replace(out_dir=str(tmp_path / "runs")))
     (run_dir,) = (tmp_path / "runs").iterdir()
     err = capsys.readouterr().err
     assert "feature cache keeps its finished chunks" in err and f"--resume {run_dir}" in err
     assert not (run_dir / "last.pt").exists() and len(json.loads((run_dir / "features" / "done.json").read_text())) == 2
     calls.clear()
-    resumed = runs.fit(resume=run_dir)
+    resumed = fit.fit(resume=run_dir)
     assert len(calls) == 3 * 3 - 2 and (0, 0) not in calls, "the two finished chunks were not computed again"
     assert resumed["status"] == "finished"
     drop = ("time_s",)

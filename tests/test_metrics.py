@@ -11,8 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import metrics
-from dataset import CLASSES, NUM_CLASSES
+from coco import leaderboard, metrics_cli, submission
+from coco.course import CLASSES, NUM_CLASSES
+from coco.thresholds import (
+    DEFAULT_CANDIDATES,
+    ThresholdResult,
+    apply_thresholds,
+    sweep_global_threshold,
+    tune_class_thresholds,
+    tune_thresholds,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +66,7 @@ def random_problem(seed, n_images=300, n_classes=12, missing=()):
 
 
 def quiet_scores(preds, targets):
-    return metrics.leaderboard_scores(preds, targets, warn=False)
+    return leaderboard.leaderboard_scores(preds, targets, warn=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -72,8 +80,8 @@ HAND_PREDS = np.array([[1, 0, 1], [0, 0, 0], [1, 0, 0], [1, 1, 0]])
 
 
 def test_hand_case_with_no_tp_class_and_missing_class():
-    with pytest.warns(metrics.MissingClassWarning, match=r"1 of 3 classes.*: 2$"):
-        scores = metrics.leaderboard_scores(HAND_PREDS, HAND_TARGETS)
+    with pytest.warns(leaderboard.MissingClassWarning, match=r"1 of 3 classes.*: 2$"):
+        scores = leaderboard.leaderboard_scores(HAND_PREDS, HAND_TARGETS)
     # weights (1/3, 1/2) normalised -> (0.4, 0.6); P = R = 0.4 * 2/3
     assert scores["precision"] == pytest.approx(4 / 15, abs=1e-12)
     assert scores["recall"] == pytest.approx(4 / 15, abs=1e-12)
@@ -83,7 +91,7 @@ def test_hand_case_with_no_tp_class_and_missing_class():
     assert scores["micro_f1"] == pytest.approx(0.4, abs=1e-12)
     assert scores["macro_f1"] == pytest.approx(1 / 3, abs=1e-12)
     assert scores["n_missing_classes"] == 1
-    tp, fp, pos = metrics.per_class_counts(HAND_PREDS, HAND_TARGETS)
+    tp, fp, pos = leaderboard.per_class_counts(HAND_PREDS, HAND_TARGETS)
     assert tp.tolist() == [2, 0, 0] and fp.tolist() == [1, 1, 1] and pos.tolist() == [3, 2, 0]
 
 
@@ -93,7 +101,7 @@ def test_hand_case_with_different_precision_and_recall():
     preds = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [1, 0]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every class has positives: no warning may be raised
-        scores = metrics.leaderboard_scores(preds, targets)
+        scores = leaderboard.leaderboard_scores(preds, targets)
     precision, recall = 0.2 * 2 / 3 + 0.8 * 0.5, 0.2 * 0.5 + 0.8 * 1.0  # weights (1/4, 1) -> (0.2, 0.8)
     assert scores["precision"] == pytest.approx(8 / 15, abs=1e-12)
     assert scores["recall"] == pytest.approx(0.9, abs=1e-12)
@@ -106,7 +114,7 @@ def test_nothing_predicted_scores_zero_without_dividing_by_zero():
     targets = np.eye(4, dtype=bool)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        scores = metrics.leaderboard_scores(np.zeros((4, 4), bool), targets)
+        scores = leaderboard.leaderboard_scores(np.zeros((4, 4), bool), targets)
     assert scores == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "accuracy": 0.0, "micro_f1": 0.0,
                       "macro_f1": 0.0, "n_missing_classes": 0}
 
@@ -114,8 +122,8 @@ def test_nothing_predicted_scores_zero_without_dividing_by_zero():
 def test_missing_class_warning_names_course_classes():
     targets = np.zeros((3, NUM_CLASSES), bool)
     targets[:, :78] = True  # hair drier (78) and toothbrush (79) have no positives
-    with pytest.warns(metrics.MissingClassWarning, match=r"2 of 80 classes.*78 \(hair drier\), 79 \(toothbrush\)"):
-        scores = metrics.leaderboard_scores(targets, targets)
+    with pytest.warns(leaderboard.MissingClassWarning, match=r"2 of 80 classes.*78 \(hair drier\), 79 \(toothbrush\)"):
+        scores = leaderboard.leaderboard_scores(targets, targets)
     assert scores["f1"] == pytest.approx(1.0) and scores["n_missing_classes"] == 2
 
 
@@ -123,10 +131,10 @@ def test_false_positives_of_a_missing_class_do_not_move_the_leaderboard_f1():
     targets = np.array([[1, 0], [0, 0], [1, 0]])
     clean = np.array([[1, 0], [0, 0], [0, 0]])
     noisy = np.array([[1, 1], [0, 1], [0, 1]])
-    with pytest.warns(metrics.MissingClassWarning):
-        a = metrics.leaderboard_scores(clean, targets)
-    with pytest.warns(metrics.MissingClassWarning):
-        b = metrics.leaderboard_scores(noisy, targets)
+    with pytest.warns(leaderboard.MissingClassWarning):
+        a = leaderboard.leaderboard_scores(clean, targets)
+    with pytest.warns(leaderboard.MissingClassWarning):
+        b = leaderboard.leaderboard_scores(noisy, targets)
     assert a["f1"] == b["f1"] == pytest.approx(2 / 3)
     assert b["micro_f1"] < a["micro_f1"]  # micro F1 still counts them
 
@@ -158,18 +166,18 @@ def test_torch_tensors_are_accepted():
     from_numpy = quiet_scores(probs > 0.5, targets)
     from_torch = quiet_scores(torch.tensor(probs > 0.5), torch.tensor(targets, dtype=torch.float32))
     assert from_numpy == from_torch
-    assert metrics.apply_thresholds(torch.tensor(probs), 0.5).tolist() == (probs > 0.5).tolist()
+    assert apply_thresholds(torch.tensor(probs), 0.5).tolist() == (probs > 0.5).tolist()
 
 
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="shape"):
-        metrics.leaderboard_scores(np.zeros((3, 2)), np.zeros((3, 3)))
+        leaderboard.leaderboard_scores(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="0/1"):
-        metrics.leaderboard_scores(np.array([[0.7, 0.0]]), np.array([[1, 0]]))
+        leaderboard.leaderboard_scores(np.array([[0.7, 0.0]]), np.array([[1, 0]]))
     with pytest.raises(ValueError, match="sigmoid"):  # logits are not probabilities
-        metrics.sweep_global_threshold(np.array([[-2.0, 3.0]]), np.array([[0, 1]]))
+        sweep_global_threshold(np.array([[-2.0, 3.0]]), np.array([[0, 1]]))
     with pytest.raises(ValueError, match="NaN"):
-        metrics.apply_thresholds(np.array([[np.nan, 0.5]]), 0.5)
+        apply_thresholds(np.array([[np.nan, 0.5]]), 0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -178,11 +186,11 @@ def test_bad_inputs_are_refused():
 def test_average_precision_hand_cases():
     probs = np.array([[0.9, 0.5, 0.3], [0.8, 0.5, 0.2], [0.7, 0.2, 0.1], [0.6, 0.1, 0.4]])
     targets = np.array([[1, 1, 0], [0, 0, 0], [1, 1, 0], [0, 0, 0]])
-    ap = metrics.average_precision(probs, targets)
+    ap = leaderboard.average_precision(probs, targets)
     assert ap[0] == pytest.approx((1 + 2 / 3) / 2)  # positives at ranks 1 and 3
     assert ap[1] == pytest.approx((1 / 2 + 2 / 3) / 2)  # tie at 0.5: one threshold, precision 1/2
     assert math.isnan(ap[2])  # no positives
-    assert metrics.mean_average_precision(probs, targets) == pytest.approx((ap[0] + ap[1]) / 2)
+    assert leaderboard.mean_average_precision(probs, targets) == pytest.approx((ap[0] + ap[1]) / 2)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -190,7 +198,7 @@ def test_average_precision_equals_sklearn_with_ties(seed):
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
     probs, targets = random_problem(seed, n_images=400, missing=(5,))
     probs = np.round(probs, 2)  # many tied scores
-    ap = metrics.average_precision(probs, targets)
+    ap = leaderboard.average_precision(probs, targets)
     for c in range(targets.shape[1]):
         if targets[:, c].any():
             assert ap[c] == pytest.approx(sklearn_metrics.average_precision_score(targets[:, c], probs[:, c]),
@@ -202,17 +210,17 @@ def test_average_precision_equals_sklearn_with_ties(seed):
 def test_per_class_table():
     probs = np.array([[0.9, 0.2], [0.4, 0.8], [0.7, 0.6], [0.1, 0.3]])
     targets = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
-    rows = metrics.per_class_table(probs, targets, np.array([0.5, 0.5]), class_names=["a", "b"])
+    rows = leaderboard.per_class_table(probs, targets, np.array([0.5, 0.5]), class_names=["a", "b"])
     assert [row["name"] for row in rows] == ["a", "b"]
     # class a: predicted rows 0, 2 -> TP 1, FP 1, 2 positives
     assert rows[0] == pytest.approx({"name": "a", "index": 0, "support": 2, "precision": 0.5, "recall": 0.5,
                                      "f1": 0.5, "ap": (1 + 2 / 3) / 2, "threshold": 0.5})
     assert rows[1]["precision"] == 1.0 and rows[1]["recall"] == 1.0 and rows[1]["ap"] == 1.0
-    course = metrics.per_class_table(np.full((2, NUM_CLASSES), 0.6), np.eye(2, NUM_CLASSES), 0.5)
+    course = leaderboard.per_class_table(np.full((2, NUM_CLASSES), 0.6), np.eye(2, NUM_CLASSES), 0.5)
     assert [row["name"] for row in course] == list(CLASSES)
     assert course[79]["support"] == 0 and math.isnan(course[79]["ap"])
     with pytest.raises(ValueError, match="3 names for 2 classes"):
-        metrics.per_class_table(probs, targets, 0.5, class_names=["a", "b", "c"])
+        leaderboard.per_class_table(probs, targets, 0.5, class_names=["a", "b", "c"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,7 +230,7 @@ def test_sweep_matches_thresholding_one_by_one_including_exact_ties():
     probs, targets = random_problem(7, missing=(3,))
     probs[:20] = 0.5  # values equal to a threshold: "probs > threshold" must not predict them
     thresholds = np.array([0.5, 0.1, 0.3, 0.05, 0.9, 0.7])
-    best, grid, curve = metrics.sweep_global_threshold(probs, targets, thresholds)
+    best, grid, curve = sweep_global_threshold(probs, targets, thresholds)
     assert grid.tolist() == sorted(thresholds.tolist())
     expected = [quiet_scores(probs > t, targets)["f1"] for t in grid]
     np.testing.assert_allclose(curve, expected, rtol=0, atol=1e-12)
@@ -231,13 +239,13 @@ def test_sweep_matches_thresholding_one_by_one_including_exact_ties():
 
 def test_sweep_default_grid():
     probs, targets = random_problem(8)
-    best, grid, curve = metrics.sweep_global_threshold(probs, targets)
-    assert grid.tolist() == metrics.DEFAULT_CANDIDATES.tolist() and curve.shape == grid.shape
+    best, grid, curve = sweep_global_threshold(probs, targets)
+    assert grid.tolist() == DEFAULT_CANDIDATES.tolist() and curve.shape == grid.shape
     assert 0.01 <= best <= 0.99
 
 
 def leaderboard_f1(probs, targets, thresholds, at_least_one=False):
-    return quiet_scores(metrics.apply_thresholds(probs, thresholds, at_least_one), targets)["f1"]
+    return quiet_scores(apply_thresholds(probs, thresholds, at_least_one), targets)["f1"]
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -248,10 +256,10 @@ def test_tuning_never_ends_below_its_start(seed, guard):
     probs, targets = random_problem(seed, n_images=40 if seed % 2 else 300, n_classes=6 if seed % 2 else 12,
                                     missing=(0,) if seed == 4 else ())
     rng = np.random.default_rng(seed)
-    starts = [None, 0.5, 0.537, rng.choice(metrics.DEFAULT_CANDIDATES, targets.shape[1])]
+    starts = [None, 0.5, 0.537, rng.choice(DEFAULT_CANDIDATES, targets.shape[1])]
     for init in starts:
-        start = metrics.sweep_global_threshold(probs, targets)[0] if init is None else init
-        tuned = metrics.tune_class_thresholds(probs, targets, init, **guard)
+        start = sweep_global_threshold(probs, targets)[0] if init is None else init
+        tuned = tune_class_thresholds(probs, targets, init, **guard)
         assert tuned.shape == (targets.shape[1],)
         assert leaderboard_f1(probs, targets, tuned) >= leaderboard_f1(probs, targets, start) - 1e-12
 
@@ -263,9 +271,9 @@ def test_tuning_finds_class_specific_thresholds():
     targets[:10, 0] = True
     targets[10:20, 1] = True
     probs = np.where(targets, [0.35, 0.75], [0.25, 0.65])
-    _, _, curve = metrics.sweep_global_threshold(probs, targets)
+    _, _, curve = sweep_global_threshold(probs, targets)
     assert curve.max() < 0.99
-    tuned = metrics.tune_class_thresholds(probs, targets)
+    tuned = tune_class_thresholds(probs, targets)
     assert 0.25 <= tuned[0] < 0.35 and 0.65 <= tuned[1] < 0.75
     assert leaderboard_f1(probs, targets, tuned) == pytest.approx(1.0)
 
@@ -274,22 +282,22 @@ def test_rare_classes_keep_the_starting_threshold():
     probs, targets = random_problem(2, n_images=400)
     targets[:, 1] = False
     targets[:3, 1] = True  # 3 positives: below min_positives
-    tuned = metrics.tune_class_thresholds(probs, targets, init=0.5, min_positives=5)
+    tuned = tune_class_thresholds(probs, targets, init=0.5, min_positives=5)
     assert tuned[1] == 0.5
     assert (tuned != 0.5).any()  # the others did move
-    unguarded = metrics.tune_class_thresholds(probs, targets, init=0.5, min_positives=1, smooth=0)
+    unguarded = tune_class_thresholds(probs, targets, init=0.5, min_positives=1, smooth=0)
     assert unguarded[1] != 0.5  # without the guard the rare class gets fitted to its 3 images
 
 
 def test_apply_thresholds_at_least_one():
     probs = np.array([[0.2, 0.4, 0.1], [0.9, 0.1, 0.8], [0.1, 0.3, 0.45]])
-    assert metrics.apply_thresholds(probs, 0.5).tolist() == [[0, 0, 0], [1, 0, 1], [0, 0, 0]]
-    forced = metrics.apply_thresholds(probs, 0.5, at_least_one=True)
+    assert apply_thresholds(probs, 0.5).tolist() == [[0, 0, 0], [1, 0, 1], [0, 0, 0]]
+    forced = apply_thresholds(probs, 0.5, at_least_one=True)
     assert forced.tolist() == [[0, 1, 0], [1, 0, 1], [0, 0, 1]]
-    per_class = metrics.apply_thresholds(probs, np.array([0.15, 0.5, 0.5]))
+    per_class = apply_thresholds(probs, np.array([0.15, 0.5, 0.5]))
     assert per_class.tolist() == [[1, 0, 0], [1, 0, 1], [0, 0, 0]]
     with pytest.raises(ValueError, match="shape"):
-        metrics.apply_thresholds(probs, np.array([0.5, 0.5]))
+        apply_thresholds(probs, np.array([0.5, 0.5]))
 
 
 def test_tune_thresholds_keeps_at_least_one_only_when_it_helps():
@@ -298,33 +306,33 @@ def test_tune_thresholds_keeps_at_least_one_only_when_it_helps():
     targets[np.arange(40), np.arange(40) % 4] = True
     low = np.arange(40) >= 20
     probs = np.where(targets, np.where(low[:, None], 0.3, 0.9), 0.1)
-    helped = metrics.tune_thresholds(probs, targets, candidates=[0.5])
+    helped = tune_thresholds(probs, targets, candidates=[0.5])
     assert helped.at_least_one
     assert helped.f1_by_step["at_least_one"] > helped.f1_by_step["per_class"]
     # now the argmax of those images is a wrong class: forcing it on only adds false positives
     probs_wrong = probs.copy()
     probs_wrong[low] = np.where(targets[low], 0.2, np.roll(np.where(targets[low], 0.4, 0.1), 1, axis=1))
-    hurt = metrics.tune_thresholds(probs_wrong, targets, candidates=[0.5])
+    hurt = tune_thresholds(probs_wrong, targets, candidates=[0.5])
     assert not hurt.at_least_one
     assert hurt.f1_by_step["at_least_one"] <= hurt.f1_by_step["per_class"]
 
 
 def test_tune_thresholds_result_and_serialisation():
     probs, targets = random_problem(4, n_images=500)
-    result = metrics.tune_thresholds(probs, targets)
+    result = tune_thresholds(probs, targets)
     steps = result.f1_by_step
     assert set(steps) == {"0.5", "global", "per_class", "at_least_one"}
     assert steps["global"] >= steps["0.5"] - 1e-12 and steps["per_class"] >= steps["global"] - 1e-12
     assert steps["per_class"] == pytest.approx(leaderboard_f1(probs, targets, result.class_thresholds))
-    assert result.apply(probs).tolist() == metrics.apply_thresholds(
+    assert result.apply(probs).tolist() == apply_thresholds(
         probs, result.class_thresholds, result.at_least_one).tolist()
     record = json.loads(json.dumps(result.to_dict()))
-    back = metrics.ThresholdResult.from_dict(record)
+    back = ThresholdResult.from_dict(record)
     assert back.global_threshold == result.global_threshold and back.at_least_one == result.at_least_one
     np.testing.assert_array_equal(back.class_thresholds, result.class_thresholds)
     assert back.f1_by_step == steps
     with pytest.raises(ValueError, match="class_thresholds"):
-        metrics.ThresholdResult.from_dict({"global_threshold": 0.3})
+        ThresholdResult.from_dict({"global_threshold": 0.3})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -335,29 +343,29 @@ STEMS = ["000000000001", "000000000002", "000000000003"]
 
 def test_predictions_to_dict():
     preds = np.array([[0, 1, 0, 1], [0, 0, 0, 0], [1, 0, 0, 0]], bool)
-    result = metrics.predictions_to_dict(STEMS, preds)
+    result = submission.predictions_to_dict(STEMS, preds)
     assert result == {"000000000001": [1, 3], "000000000002": [], "000000000003": [0]}
     assert all(type(c) is int for classes in result.values() for c in classes)
     with pytest.raises(ValueError, match="2 stems for 3"):
-        metrics.predictions_to_dict(STEMS[:2], preds)
+        submission.predictions_to_dict(STEMS[:2], preds)
 
 
 def test_write_predictions_is_course_format_and_atomic(tmp_path):
     path = tmp_path / "predictions.json"
     predictions = {"000000000002": [], "000000000001": [62, 56, 60], "000000000003": [21]}
-    metrics.write_predictions(path, predictions, expected_stems=STEMS)
+    submission.write_predictions(path, predictions, expected_stems=STEMS)
     expected = {"000000000001": [56, 60, 62], "000000000002": [], "000000000003": [21]}
     assert path.read_text() == json.dumps(expected, indent=2) + "\n"
     assert json.loads(path.read_text()) == expected
     assert os.listdir(tmp_path) == ["predictions.json"]  # no temp file left behind
     before = path.read_text()
-    with pytest.raises(metrics.PredictionsError, match="missing"):
-        metrics.write_predictions(path, {"000000000001": [1]}, expected_stems=STEMS)
+    with pytest.raises(submission.PredictionsError, match="missing"):
+        submission.write_predictions(path, {"000000000001": [1]}, expected_stems=STEMS)
     assert path.read_text() == before and os.listdir(tmp_path) == ["predictions.json"]
 
 
 def errors_for(obj, expected=STEMS):
-    return metrics.validate_predictions(obj, expected)
+    return submission.validate_predictions(obj, expected)
 
 
 def single_error(obj, expected=STEMS):
@@ -432,7 +440,7 @@ def challenge(tmp_path):
         (label_dir / f"{stem}.cls").write_text("".join(f"{c}\n" for c in classes))
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     predictions = {"000000000001": [0], "000000000002": [5, 7], "000000000003": [0, 79], "000000000004": []}
-    metrics.write_predictions(tmp_path / "predictions.json", predictions, labels.keys())
+    submission.write_predictions(tmp_path / "predictions.json", predictions, labels.keys())
     return tmp_path, labels, predictions
 
 
@@ -448,18 +456,18 @@ def expected_scores(labels, predictions):
 
 def test_read_labels_from_folder_and_json(challenge):
     root, labels, _ = challenge
-    assert metrics.read_labels(root / "labels") == labels
-    assert metrics.read_labels(root / "labels.json") == labels
+    assert submission.read_labels(root / "labels") == labels
+    assert submission.read_labels(root / "labels.json") == labels
     with pytest.raises(FileNotFoundError, match="no .cls"):
-        metrics.read_labels(root / "test-resized")
+        submission.read_labels(root / "test-resized")
 
 
 def test_score_predictions_counts_missing_stems_as_empty(challenge):
     _, labels, predictions = challenge
     partial = {k: v for k, v in predictions.items() if k != "000000000003"} | {"000000000099": [1]}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.MissingClassWarning)  # 76 of 80 classes are absent here
-        scores = metrics.score_predictions(partial, labels)
+        warnings.simplefilter("ignore", leaderboard.MissingClassWarning)  # 76 of 80 classes are absent here
+        scores = submission.score_predictions(partial, labels)
     for key, value in expected_scores(labels, partial).items():
         assert scores[key] == pytest.approx(value, abs=1e-12), key
     assert scores["n_missing_predictions"] == 1 and scores["n_unlabelled_predictions"] == 1
@@ -470,24 +478,24 @@ def test_score_counts_a_repeated_class_once_but_refuses_other_faults(challenge):
     _, labels, predictions = challenge
     repeated = predictions | {"000000000002": [5, 7, 5]}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.MissingClassWarning)
-        scores = metrics.score_predictions(repeated, labels)
-        clean = metrics.score_predictions(predictions, labels)
+        warnings.simplefilter("ignore", leaderboard.MissingClassWarning)
+        scores = submission.score_predictions(repeated, labels)
+        clean = submission.score_predictions(predictions, labels)
     assert scores["n_lists_with_duplicates"] == 1 and clean["n_lists_with_duplicates"] == 0
-    assert all(scores[key] == clean[key] for key in metrics.SCORE_KEYS)
-    with pytest.raises(metrics.PredictionsError, match="outside 0..79"):
-        metrics.score_predictions(predictions | {"000000000002": [80]}, labels)
-    with pytest.raises(metrics.PredictionsError, match="file extension"):
-        metrics.score_predictions({"000000000002.jpg": [5]}, labels)
+    assert all(scores[key] == clean[key] for key in metrics_cli.SCORE_KEYS)
+    with pytest.raises(submission.PredictionsError, match="outside 0..79"):
+        submission.score_predictions(predictions | {"000000000002": [80]}, labels)
+    with pytest.raises(submission.PredictionsError, match="file extension"):
+        submission.score_predictions({"000000000002.jpg": [5]}, labels)
 
 
 def test_load_and_validate(challenge, tmp_path):
     root, labels, predictions = challenge
-    assert metrics.load_and_validate(root / "predictions.json", root / "test-resized") == predictions
+    assert submission.load_and_validate(root / "predictions.json", root / "test-resized") == predictions
     broken = tmp_path / "broken.json"
     broken.write_text('{"000000000001": [1,]}')
-    with pytest.raises(metrics.PredictionsError, match=r"not valid JSON \(line 1"):
-        metrics.load_and_validate(broken, root / "test-resized")
+    with pytest.raises(submission.PredictionsError, match=r"not valid JSON \(line 1"):
+        submission.load_and_validate(broken, root / "test-resized")
 
 
 def run_cli(*args):
@@ -498,9 +506,9 @@ def run_cli(*args):
 def test_cli_validate_valid_and_faulty_files(challenge, capsys):
     root, _, predictions = challenge
     # the valid case in-process (each subprocess pays the torch import that dataset brings)
-    assert metrics.main(["validate", str(root / "predictions.json"), "--test-dir", str(root / "test-resized")]) == 0
+    assert metrics_cli.main(["validate", str(root / "predictions.json"), "--test-dir", str(root / "test-resized")]) == 0
     assert "4 test stems" in capsys.readouterr().out
-    assert metrics.main(["validate", str(root / "predictions.json"), "--test-dir", str(root)]) == 1  # no images
+    assert metrics_cli.main(["validate", str(root / "predictions.json"), "--test-dir", str(root)]) == 1  # no images
     assert "no images" in capsys.readouterr().err
     faulty = dict(predictions)
     del faulty["000000000004"]
@@ -537,20 +545,20 @@ def test_cli_in_process_faults(challenge, capsys):
     }
     for name, (text, message) in cases.items():
         (root / name).write_text(text)
-        assert metrics.main(["validate", str(root / name), "--test-dir", str(test_dir)]) == 1
+        assert metrics_cli.main(["validate", str(root / name), "--test-dir", str(test_dir)]) == 1
         err = capsys.readouterr().err
         assert message in err and name in err, err
-    assert metrics.main(["validate", str(root / "absent.json"), "--test-dir", str(test_dir)]) == 1
+    assert metrics_cli.main(["validate", str(root / "absent.json"), "--test-dir", str(test_dir)]) == 1
     assert "cannot read" in capsys.readouterr().err
-    assert metrics.main(["score", str(root / "notjson.json"), "--labels", str(root / "labels")]) == 1
+    assert metrics_cli.main(["score", str(root / "notjson.json"), "--labels", str(root / "labels")]) == 1
     assert "not valid JSON" in capsys.readouterr().err
 
 
 def test_cli_score_table_with_json_labels(challenge, capsys):
     root, labels, predictions = challenge
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.MissingClassWarning)
-        assert metrics.main(["score", str(root / "predictions.json"), "--labels", str(root / "labels.json"),
+        warnings.simplefilter("ignore", leaderboard.MissingClassWarning)
+        assert metrics_cli.main(["score", str(root / "predictions.json"), "--labels", str(root / "labels.json"),
                              "--per-class"]) == 0
     out = capsys.readouterr().out
     f1 = expected_scores(labels, predictions)["f1"]
@@ -559,12 +567,12 @@ def test_cli_score_table_with_json_labels(challenge, capsys):
 
 def test_cli_usage_and_help(capsys):
     with pytest.raises(SystemExit) as usage:
-        metrics.main(["validate", "predictions.json"])  # --test-dir is required
+        metrics_cli.main(["validate", "predictions.json"])  # --test-dir is required
     assert usage.value.code == 2 and "--test-dir" in capsys.readouterr().err
     for command, options in {"validate": ["--test-dir"], "score": ["--labels", "--json", "--per-class"],
                              "bench": ["--images", "--classes", "--thresholds", "--repeat", "--seed"]}.items():
         with pytest.raises(SystemExit) as shown:
-            metrics.main([command, "--help"])
+            metrics_cli.main([command, "--help"])
         assert shown.value.code == 0
         text = capsys.readouterr().out
         assert all(option in text for option in options), (command, text)

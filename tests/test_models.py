@@ -15,12 +15,24 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-import models
-from models import (
-    DEFAULT_MODEL, MODEL_SPECS, PRIOR_FLOOR, AsymmetricLoss, MultiLabelBCELoss, MultiLabelNet,
-    PretrainedWeightsUnavailable, build_loss, build_model, count_parameters, get_spec,
-    list_models, make_head, param_groups, set_frozen_bn_eval, set_head_prior,
-    unfreeze_last_stages, weights_cache_dir,
+from coco import networks
+from coco.config import DEFAULT_MODEL
+from coco.losses import AsymmetricLoss, MultiLabelBCELoss, build_loss
+from coco.networks import (
+    MODEL_SPECS,
+    PRIOR_FLOOR,
+    MultiLabelNet,
+    PretrainedWeightsUnavailable,
+    build_model,
+    count_parameters,
+    get_spec,
+    list_models,
+    make_head,
+    param_groups,
+    set_frozen_bn_eval,
+    set_head_prior,
+    unfreeze_last_stages,
+    weights_cache_dir,
 )
 
 ISSUE_ZOO = [
@@ -173,7 +185,7 @@ def test_stages_and_pool_reproduce_the_torchvision_features(name):
     spec = get_spec(name)
     torch.manual_seed(0)
     net = _calibrate_batchnorm(torchvision.models.get_model(name, weights=None), torch.randn(4, 3, 64, 64))
-    stages, pool, num_features = models._torchvision_parts(spec, net)   # shares net's modules
+    stages, pool, num_features = networks._torchvision_parts(spec, net)   # shares net's modules
     reference = _drop_imagenet_fc(net, spec.family)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -200,7 +212,7 @@ def test_lite_stages_reproduce_the_package_features(name):
     x = torch.rand(2, 3, 64, 80) * 2 - 1
     with torch.no_grad():
         expected = net.extract_features(x).mean(dim=(2, 3))
-        stages, pool, num_features = models._lite_parts(net)   # shares net's modules
+        stages, pool, num_features = networks._lite_parts(net)   # shares net's modules
         ours = pool(nn.Sequential(*stages)(x))
     assert ours.shape == expected.shape == (2, num_features)
     assert expected.std() > 0.1
@@ -429,13 +441,13 @@ def test_channels_last_and_autocast(zoo, name):
 
 def test_avgmax_pool_is_average_and_max_side_by_side():
     feats = torch.randn(3, 5, 4, 6)
-    pooled = models.GlobalPool(mode="avgmax")(feats)
+    pooled = networks.GlobalPool(mode="avgmax")(feats)
     torch.testing.assert_close(pooled[:, :5], feats.mean(dim=(2, 3)))
     assert torch.equal(pooled[:, 5:], feats.amax(dim=(2, 3)))
     with pytest.raises(ValueError, match="pool mode"):
-        models.GlobalPool(mode="max")
+        networks.GlobalPool(mode="max")
     with pytest.raises(ValueError, match="pretrained layers"):
-        models.GlobalPool(norm=nn.Identity(), mode="avgmax")
+        networks.GlobalPool(norm=nn.Identity(), mode="avgmax")
 
 
 def test_avgmax_models_widen_the_head_and_pretrained_pools_refuse_it():

@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-import narrative
-from config import Config, config_from_preset
+from coco import narrative
+from coco.config import Config, config_from_preset
 
 
 def test_each_recipe_is_described_as_it_trains():

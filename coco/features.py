@@ -41,20 +41,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-import dataset
-import files
-import metrics
-import models
-import pipeline
-import recipe
-from config import Config
-from engine import ModelEma, evaluate, train_one_epoch
-from runtime import (amp_settings, autocast, derived_seed, inference_batch_size, inference_settings, loader_settings,
-                     seed_everything, to_device, uses_channels_last)
-
-__all__ = ["FlippedView", "cache_views", "pooled", "compute", "InferenceFormat", "FeatureStore", "extract",
-           "FeatureBank", "whole_batch", "Tail", "train_head", "view_probs", "CrossFit", "cross_fit", "predict_cached",
-           "feature_shape", "fingerprint"]
+from coco import atomic, course, data, leaderboard, loaders, networks, recipe
+from coco.config import Config
+from coco.engine import ModelEma, evaluate, train_one_epoch
+from coco.runtime import (
+    amp_settings,
+    autocast,
+    derived_seed,
+    inference_batch_size,
+    inference_settings,
+    loader_settings,
+    seed_everything,
+    to_device,
+    uses_channels_last,
+)
+from coco.thresholds import ThresholdResult, tune_thresholds
 
 CHUNK_IMAGES = 2048  # images per chunk of the store: what a resumed extraction may have to redo at most
 
@@ -148,8 +149,8 @@ class FeatureStore:
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True)
         np.lib.format.open_memmap(self.folder / "bank.npy", mode="w+", dtype=np.float16, shape=self.shape).flush()
-        files.write_json(self.folder / "done.json", [])
-        files.write_json(meta_path, meta)  # written last: a folder without it is rebuilt
+        atomic.write_json(self.folder / "done.json", [])
+        atomic.write_json(meta_path, meta)  # written last: a folder without it is rebuilt
 
     @classmethod
     def open(cls, folder) -> "FeatureStore":
@@ -192,7 +193,7 @@ class FeatureStore:
         array[view, self.chunk_rows(chunk)] = feats
         array.flush()
         del array
-        files.write_json(self.folder / "done.json", sorted([*self.done(), (view, chunk)]))
+        atomic.write_json(self.folder / "done.json", sorted([*self.done(), (view, chunk)]))
 
     @property
     def array(self) -> np.ndarray:
@@ -227,7 +228,7 @@ def extract(net, k: int, source, indices, views: Sequence, store: FeatureStore, 
                 rows = store.chunk_rows(chunk)
                 chunk_seed = derived_seed(seed, view, chunk)
                 seed_everything(chunk_seed)  # this chunk's random crops, whatever ran before
-                loader = DataLoader(dataset.TransformSubset(source, indices[rows], transform), batch_size=batch_size,
+                loader = DataLoader(data.TransformSubset(source, indices[rows], transform), batch_size=batch_size,
                                     shuffle=False, generator=torch.Generator().manual_seed(chunk_seed),
                                     **loader_settings(device, num_workers))
                 parts = []
@@ -316,11 +317,11 @@ def train_head(net, initial_state, criterion, store, all_targets, rows, config: 
     net.load_state_dict(initial_state)
     rows = np.asarray(rows)
     if config.prior_from_data:
-        models.set_head_prior(net, all_targets[rows].mean(axis=0))
+        networks.set_head_prior(net, all_targets[rows].mean(axis=0))
     k = config.cache_stages
     optimizer = recipe.build_optimizer(net, config)
     train_set = FeatureBank(store, rows, all_targets[rows], views=cache_views(config)[1])
-    loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
+    loader = loaders.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
                                   drop_last=recipe.drop_last(len(train_set), config.batch_size), seed=seed,
                                   mode="workers", num_workers=0, collate_fn=whole_batch)
     scheduler = recipe.make_scheduler(optimizer, [group["lr"] for group in optimizer.param_groups], config,
@@ -343,7 +344,7 @@ def view_probs(module, store, rows, views: Sequence[int], batch_size: int, devic
     outs = []
     targets = np.zeros((len(rows), 1), dtype=np.float32)  # not used: evaluate without a criterion
     for view in views:
-        loader = pipeline.make_loader(FeatureBank(store, rows, targets, view=view), batch_size=batch_size,
+        loader = loaders.make_loader(FeatureBank(store, rows, targets, view=view), batch_size=batch_size,
                                       device=device, train=False, mode="workers", num_workers=0,
                                       collate_fn=whole_batch)
         outs.append(evaluate(module, loader, device, amp_dtype=amp_dtype, channels_last=channels_last,
@@ -358,7 +359,7 @@ class CrossFit:
 
     folds: np.ndarray
     oof: np.ndarray
-    thresholds: metrics.ThresholdResult
+    thresholds: ThresholdResult
     final_net: nn.Module
     record: dict
 
@@ -377,7 +378,7 @@ def cross_fit(net, store, initial_state, criterion, all_targets: np.ndarray, con
     started = time.perf_counter()
     rows = np.arange(len(all_targets)) if rows is None else np.asarray(rows)
     targets = all_targets[rows]
-    folds = dataset.kfold_assignments(targets, config.cross_fit_folds, seed=config.split_seed)
+    folds = course.kfold_assignments(targets, config.cross_fit_folds, seed=config.split_seed)
     oof = np.zeros(targets.shape, dtype=np.float32)
     eval_views = cache_views(config)[2]
     amp_dtype = amp_settings(torch.device(device), config.amp)[0]  # evaluated as the run evaluates
@@ -389,18 +390,18 @@ def cross_fit(net, store, initial_state, criterion, all_targets: np.ndarray, con
                             seed=config.seed + 1 + fold, desc=f"cross-fit fold {fold + 1}")
         oof[held] = view_probs(module, store, rows[held], eval_views, config.batch_size * 2, device, amp_dtype,
                                channels_last)
-        fold_maps.append(metrics.mean_average_precision(oof[held], targets[held]))
+        fold_maps.append(leaderboard.mean_average_precision(oof[held], targets[held]))
         print(f"cross-fit fold {fold + 1}/{config.cross_fit_folds}: {len(fit)} images to train, "
               f"{len(held)} held out, mAP {fold_maps[-1]:.4f}", flush=True)
-    thresholds = metrics.tune_thresholds(oof, targets, **config.tuning_options())
-    tuned = metrics.leaderboard_scores(thresholds.apply(oof), targets, warn=False)
+    thresholds = tune_thresholds(oof, targets, **config.tuning_options())
+    tuned = leaderboard.leaderboard_scores(thresholds.apply(oof), targets, warn=False)
     module = train_head(net, initial_state, criterion, store, all_targets, rows, config, device, seed=config.seed,
                         desc="cross-fit final head")
     n_images = len(rows)
     record = {"folds": config.cross_fit_folds, "images": int(n_images), "epochs": config.epochs,
-              "oof_map": metrics.mean_average_precision(oof, targets), "fold_maps": fold_maps,
+              "oof_map": leaderboard.mean_average_precision(oof, targets), "fold_maps": fold_maps,
               "oof_f1": tuned["f1"], "oof_precision": tuned["precision"], "oof_recall": tuned["recall"],
-              "oof_f1@0.5": metrics.leaderboard_scores(oof > 0.5, targets, warn=False)["f1"],
+              "oof_f1@0.5": leaderboard.leaderboard_scores(oof > 0.5, targets, warn=False)["f1"],
               "time_s": time.perf_counter() - started, "thresholds": thresholds.to_dict()}
     print(f"cross-fit ({config.cross_fit_folds} folds, {n_images} images, {record['time_s']:.0f}s): out-of-fold "
           f"mAP {record['oof_map']:.4f}, tuned F1 {tuned['f1']:.4f} (in-sample on the out-of-fold probabilities); "
@@ -421,7 +422,7 @@ def predict_cached(net, config: Config, source, device, *, batch_size: int | Non
     net.eval()
     tail = Tail(net, config.cache_stages)  # the tail as the run evaluated it (its memory format, its precision)
     extractor = copy.deepcopy(net)  # the frozen stages as the cache ran them
-    loader = DataLoader(dataset.TransformSubset(source, np.arange(len(source)), eval_tf),
+    loader = DataLoader(data.TransformSubset(source, np.arange(len(source)), eval_tf),
                         batch_size=batch_size or inference_batch_size(device, eval_tf.image_size, config.batch_size),
                         shuffle=False,
                         **loader_settings(device, num_workers))

@@ -11,31 +11,27 @@ from typing import Sequence
 import numpy as np
 import torch
 
-import dataset
-import models
-from config import Config
-
-__all__ = ["build_net", "presets_for", "build_criterion", "set_trainable", "build_optimizer", "make_scheduler",
-           "drop_last", "steps_per_epoch"]
+from coco import course, losses, networks, transforms
+from coco.config import Config
 
 
-def build_net(config: Config, num_classes: int = dataset.NUM_CLASSES, pretrained: bool | None = None):
-    """The network ``config`` describes (``models.build_model`` with the config's head settings)."""
-    net = models.build_model(config.model, num_classes=num_classes,
+def build_net(config: Config, num_classes: int = course.NUM_CLASSES, pretrained: bool | None = None):
+    """The network ``config`` describes (``networks.build_model`` with the config's head settings)."""
+    net = networks.build_model(config.model, num_classes=num_classes,
                              pretrained=config.pretrained if pretrained is None else pretrained,
                              dropout=config.head_dropout, hidden_dim=config.head_hidden, pool_mode=config.pool)
-    models.set_batchnorm(net, momentum=config.bn_momentum, freeze_stats=config.freeze_bn_stats)
+    networks.set_batchnorm(net, momentum=config.bn_momentum, freeze_stats=config.freeze_bn_stats)
     return net
 
 
-def presets_for(config: Config) -> tuple[dataset.TrainPreset, dataset.EvalPreset]:
+def presets_for(config: Config) -> tuple[transforms.TrainPreset, transforms.EvalPreset]:
     """(training augmentation, evaluation transform) of a run with ``config``, at its input size and with the
     normalisation its pretrained weights expect."""
-    spec = models.get_spec(config.model)
+    spec = networks.get_spec(config.model)
     image_size = config.image_size or spec.input_size
-    train_tf = dataset.TrainPreset(image_size=image_size, mean=spec.mean, std=spec.std,
+    train_tf = transforms.TrainPreset(image_size=image_size, mean=spec.mean, std=spec.std,
                                    scale=(config.crop_scale_min, 1.0), color_jitter=config.color_jitter)
-    eval_tf = dataset.EvalPreset(image_size=image_size, mean=spec.mean, std=spec.std)
+    eval_tf = transforms.EvalPreset(image_size=image_size, mean=spec.mean, std=spec.std)
     return train_tf, eval_tf
 
 
@@ -45,7 +41,7 @@ def build_criterion(config: Config, train_targets: np.ndarray) -> torch.nn.Modul
     if config.pos_weight:
         positives = train_targets.sum(axis=0)
         pos_weight = (len(train_targets) - positives) / np.maximum(positives, 1.0)
-    return models.build_loss(config.loss, pos_weight=pos_weight, gamma_pos=config.gamma_pos,
+    return losses.build_loss(config.loss, pos_weight=pos_weight, gamma_pos=config.gamma_pos,
                              gamma_neg=config.gamma_neg, clip=config.asl_clip)
 
 
@@ -62,7 +58,7 @@ def set_trainable(net, config: Config, epoch: int) -> str:
         trainable = config.unfreeze_stages
     if epoch < config.freeze_epochs:
         trainable = 0
-    models.unfreeze_last_stages(net, trainable)
+    networks.unfreeze_last_stages(net, trainable)
     return "head only" if trainable == 0 else f"head + last {trainable}/{n_stages} stages"
 
 
@@ -77,7 +73,7 @@ def build_optimizer(net, config: Config) -> torch.optim.AdamW:
     """
     set_trainable(net, config.replace(freeze_epochs=0), epoch=0)
     device = next(net.parameters()).device
-    optimizer = torch.optim.AdamW(models.param_groups(net, lr=config.lr, weight_decay=config.weight_decay,
+    optimizer = torch.optim.AdamW(networks.param_groups(net, lr=config.lr, weight_decay=config.weight_decay,
                                                       backbone_lr_mult=config.backbone_lr_mult),
                                   fused=device.type in ("cpu", "cuda"))
     set_trainable(net, config, epoch=0)

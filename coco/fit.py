@@ -5,159 +5,41 @@ the loss, optimiser and schedule, a restored checkpoint when resuming, the epoch
 a function of its own below.
 
 The run folder is the interface: whatever the notebook, the reports and ``predict`` need from a run is written
-there once, by :func:`fit`, and read back, never recomputed::
-
-    runs/<timestamp>-<name>/
-        config.json          the Config (dataclasses.asdict)
-        split.json           training and validation stems
-        metrics.csv          one row per epoch (train/..., val/... columns)
-        tb/                  TensorBoard events (namespaced scalars and the course's graphs)
-        last.pt, best.pt     checkpoints (model, optimiser, scheduler, scaler, EMA, RNG states, thresholds, ...)
-        thresholds.json      the tuned thresholds of best.pt
-        val_outputs.npz      validation probabilities and targets of the model in best.pt (what it was tuned on)
-        summary.json         status, best epoch, timings, hardware
-        final.pt, oof.npz, cross_fit.json     cross-fitted runs (Config.cross_fit_folds)
+there once, by :func:`fit`, through :class:`coco.run_dir.RunDir` (which lists its files), and read back, never
+recomputed.
 """
 from __future__ import annotations
 
 import copy
-import csv
-import datetime as dt
-import io
-import json
 import math
-import pickle
 import sys
 import time
-import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-import costs
-import dataset
-import features
-import files
-import metrics
-import models
-import pipeline
-import recipe
-from config import RESUME_MUTABLE, Config
-from engine import ModelEma, evaluate, predict, train_one_epoch, update_graphs
-from runtime import (amp_settings, derived_seed, determinism, hardware_info, inference_batch_size, resolve_device,
-                     rng_state, seed_everything, set_rng_state, uses_channels_last)
-
-__all__ = ["fit", "estimate_run", "labelled_images", "load_run", "predict_run", "resolve_checkpoint",
-           "save_checkpoint", "load_checkpoint", "saved_config", "read_history", "CSV_COLUMNS"]
-
-CSV_COLUMNS = ("epoch", "lr", "train/loss", "train/f1@0.5", "val/loss", "val/f1", "val/f1@0.5", "val/precision",
-               "val/recall", "val/map", "val/accuracy", "time_s")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Files of a run
-# ----------------------------------------------------------------------------------------------------------
-def save_checkpoint(path, state: Mapping) -> Path:
-    """``torch.save(state)`` to ``path`` atomically (files.write_atomic)."""
-    return files.write_atomic(path, lambda file: torch.save(dict(state), file))
-
-
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU.
-
-    ``weights_only=False`` because our checkpoints hold NumPy/Python RNG states and plain dicts that the
-    restricted unpickler rejects; that unpickler exists to guard against *foreign* files, which can run code
-    when loaded: only load checkpoints you (or this project) wrote.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); the file is damaged or "
-                         "cut short (copied while being written?): use another checkpoint of the run, or train "
-                         "again") from err
-
-
-def _write_history(path: Path, rows: Sequence[Mapping]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    files.write_text(path, text.getvalue())
-
-
-def read_history(run_dir) -> list[dict]:
-    """The rows of a run's ``metrics.csv`` (none if it has no finished epoch yet)."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as file:
-        return [{key: (int(value) if key == "epoch" else float(value)) for key, value in row.items()}
-                for row in csv.DictReader(file)]
-
-
-def _write_val_outputs(path: Path, probs, targets, stems: Sequence[str], epoch: int) -> None:
-    def write(file):
-        np.savez_compressed(file, probs=np.asarray(probs, dtype=np.float32), targets=np.asarray(targets) > 0.5,
-                            stems=np.asarray(stems), epoch=np.int64(epoch))
-    files.write_atomic(path, write)
-
-
-def _new_run_dir(config: Config) -> Path:
-    out_dir = Path(config.out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        files.check_writable(out_dir / "config.json")
-    except OSError as err:
-        raise OSError(err.errno, f"cannot create a run folder in {out_dir} ({err.strerror or err}); choose "
-                                 "another out_dir (--out)") from err
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = config.run_name or config.model
-    for attempt in range(1, 1000):  # two runs started within one second get -2, -3, ...
-        run_dir = out_dir / (f"{stamp}-{name}" if attempt == 1 else f"{stamp}-{name}-{attempt}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a new run folder in {out_dir}")
-
-
-def resolve_checkpoint(run_dir, which: str = "auto") -> str:
-    """``auto``: ``final`` where the run was cross-fitted (final.pt exists), else ``best``."""
-    if which not in ("auto", "final", "best", "last"):
-        raise ValueError(f"which must be 'auto', 'final', 'best' or 'last', got {which!r}")
-    if which == "auto":
-        return "final" if (Path(run_dir) / "final.pt").is_file() else "best"
-    return which
-
-
-def load_run(run_dir, which: str = "best"):
-    """``(model, config, thresholds)`` of a run folder's ``best``, ``last`` or ``final`` (cross-fitted) checkpoint
-    (``auto``: see :func:`resolve_checkpoint`), model in eval mode.
-
-    The model carries the weights that were evaluated (the EMA weights when the run used an EMA), so the
-    stored thresholds fit it; ``thresholds`` is a ``metrics.ThresholdResult``. No pretrained download needed.
-    """
-    run_dir = Path(run_dir)
-    which = resolve_checkpoint(run_dir, which)
-    checkpoint = load_checkpoint(run_dir / f"{which}.pt")
-    config = Config.from_dict(checkpoint["config"])
-    class_names = list(checkpoint["class_names"])
-    if class_names != list(dataset.CLASSES):
-        raise ValueError(f"{run_dir / (which + '.pt')}: its class names differ from dataset.CLASSES")
-    model = recipe.build_net(config, num_classes=len(class_names), pretrained=False)  # weights come from the file
-    weights = checkpoint["ema"]["module"] if checkpoint.get("ema") else checkpoint["model"]
-    model.load_state_dict(weights)
-    model.eval()
-    return model, config, metrics.ThresholdResult.from_dict(checkpoint["thresholds"])
+from coco import atomic, costs, course, data, features, image_cache, leaderboard, loaders, networks, recipe
+from coco.config import RESUME_MUTABLE, Config
+from coco.engine import ModelEma, evaluate, train_one_epoch, update_graphs
+from coco.run_dir import CSV_COLUMNS, RunDir
+from coco.runtime import (
+    amp_settings,
+    derived_seed,
+    determinism,
+    hardware_info,
+    inference_batch_size,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    uses_channels_last,
+)
+from coco.thresholds import ThresholdResult, tune_thresholds
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -211,21 +93,11 @@ class Progress:
                 "bad_epochs": self.bad_epochs, "best_thresholds": self.best_thresholds}
 
 
-def saved_config(run_dir) -> dict:
-    """The config a run folder was started with (its ``last.pt``, else its ``config.json``)."""
-    run_dir = Path(run_dir)
-    if (run_dir / "last.pt").is_file():
-        return load_checkpoint(run_dir / "last.pt")["config"]
-    if (run_dir / "config.json").is_file():
-        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    raise FileNotFoundError(f"{run_dir} is not a run folder (no last.pt, no config.json)")
-
-
-def _resume(run_dir: Path, config: Config | None) -> tuple[dict | None, Config]:
+def _resume(run_dir: RunDir, config: Config | None) -> tuple[dict | None, Config]:
     """(the checkpoint of the last finished epoch, or None before the first one; the config to continue with).
     Only the settings in ``config.RESUME_MUTABLE`` may differ from the saved ones."""
-    checkpoint = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").is_file() else None
-    saved = Config.from_dict(checkpoint["config"] if checkpoint is not None else saved_config(run_dir))
+    checkpoint = run_dir.load_checkpoint("last") if run_dir.has_checkpoint("last") else None
+    saved = Config.from_dict(checkpoint["config"] if checkpoint is not None else run_dir.saved_config())
     if config is None:
         return checkpoint, saved
     changed = [f.name for f in fields(Config)
@@ -237,31 +109,31 @@ def _resume(run_dir: Path, config: Config | None) -> tuple[dict | None, Config]:
     return checkpoint, config
 
 
-def _load_data(config: Config) -> tuple[Config, dataset.COCOTrainImageDataset]:
+def _load_data(config: Config) -> tuple[Config, data.COCOTrainImageDataset]:
     """The labelled images; the config records where they were found, so resume and predict work anywhere."""
-    data_root = dataset.find_data_root(config.data_root)
+    data_root = course.find_data_root(config.data_root)
     if data_root is None:
         raise FileNotFoundError("no course data: pass data_root (--data-root), set $MSCOCO_ROOT, or put the "
-                                "data in ./ms-coco (python -m synthetic ms-coco makes a demo dataset)")
+                                "data in ./ms-coco (python -m coco.synthetic ms-coco makes a demo dataset)")
     config = config.replace(data_root=str(data_root))
     return config, labelled_images(config, check_images=config.check_images)
 
 
-def labelled_images(config: Config, check_images: bool = False) -> dataset.COCOTrainImageDataset:
+def labelled_images(config: Config, check_images: bool = False) -> data.COCOTrainImageDataset:
     """The labelled images a run with ``config`` trains on (its data root, ``max_train_images`` and
     ``skip_bad_files``), decoding every one first with ``check_images``."""
-    dirs = dataset.course_dirs(config.data_root)
+    dirs = course.course_dirs(config.data_root)
     skip = config.skip_bad_files
-    return dataset.COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"], max_images=config.max_train_images,
+    return data.COCOTrainImageDataset(dirs["train_images"], dirs["train_labels"], max_images=config.max_train_images,
                                          skip_unmatched=skip, skip_empty=skip, check_images=check_images,
                                          skip_unreadable=skip, progress=config.progress)
 
 
-def _split(config: Config, full, run_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """The run's training and validation rows: a new seeded split, or the resumed run's ``split.json``."""
+def _split(config: Config, full, run_dir: RunDir | None) -> tuple[np.ndarray, np.ndarray]:
+    """The run's training and validation rows: a new seeded split, or the resumed run's."""
     if run_dir is not None:
-        return dataset.load_split(run_dir / "split.json", full.stems)
-    train_idx, val_idx = dataset.split_train_val(full.targets, config.val_fraction, config.split_seed, config.stratify)
+        return run_dir.split(full.stems)
+    train_idx, val_idx = course.split_train_val(full.targets, config.val_fraction, config.split_seed, config.stratify)
     if len(train_idx) < 2:  # BatchNorm cannot train on a batch of one image
         raise ValueError(f"{len(full)} labelled image(s) leave {len(train_idx)} for training at val_fraction "
                          f"{config.val_fraction}: a run needs at least 2 (more images, or a smaller val_fraction)")
@@ -271,8 +143,8 @@ def _split(config: Config, full, run_dir: Path | None) -> tuple[np.ndarray, np.n
 def _estimate(config: Config, net, full, train_idx, val_idx, device) -> costs.Estimate:
     """Time and memory of this run on this machine, printed; a run that cannot fit stops here, before its folder
     exists (costs.ResourceError)."""
-    test_dir = dataset.course_dirs(config.data_root)["test_images"]
-    n_test = sum(1 for p in test_dir.iterdir() if p.suffix.lower() in dataset.IMAGE_EXTENSIONS) \
+    test_dir = course.course_dirs(config.data_root)["test_images"]
+    n_test = sum(1 for p in test_dir.iterdir() if p.suffix.lower() in course.IMAGE_EXTENSIONS) \
         if test_dir.is_dir() else 0
     estimate = costs.estimate(config, net, full, n_train=len(train_idx), n_val=len(val_idx), n_test=n_test,
                               device=device, out_dir=config.out_dir)
@@ -292,16 +164,16 @@ def estimate_run(config: Config) -> costs.Estimate:
     return _estimate(config, recipe.build_net(config), full, train_idx, val_idx, device)
 
 
-def _new_folder(config: Config, full, train_idx, val_idx) -> Path:
+def _new_folder(config: Config, full, train_idx, val_idx) -> RunDir:
     """A new run's folder with its config and split."""
-    run_dir = _new_run_dir(config)
-    files.write_json(run_dir / "config.json", config.to_dict())
-    dataset.save_split(run_dir / "split.json", full.stems, train_idx, val_idx, data_root=config.data_root,
-                       seed=config.split_seed, val_fraction=config.val_fraction)
+    run_dir = RunDir.create(config)
+    run_dir.write_config(config)
+    run_dir.write_split(full.stems, train_idx, val_idx, data_root=config.data_root, seed=config.split_seed,
+                        val_fraction=config.val_fraction)
     return run_dir
 
 
-def _cached_inputs(config: Config, net, full, train_idx, val_idx, run_dir: Path, device) -> Inputs:
+def _cached_inputs(config: Config, net, full, train_idx, val_idx, run_dir: RunDir, device) -> Inputs:
     """Inputs of a feature-cache run: ``stages[:k]`` computed once per view of every labelled image into the run
     folder (resumable), the rest of the network trains on the cache."""
     k = config.cache_stages
@@ -310,7 +182,7 @@ def _cached_inputs(config: Config, net, full, train_idx, val_idx, run_dir: Path,
     views, train_views, eval_views = features.cache_views(config)
     _, eval_tf = recipe.presets_for(config)
     shape = (len(views), len(full), *features.feature_shape(net, k, eval_tf.image_size, device))
-    store = features.FeatureStore(run_dir / "features", features.fingerprint(config, full.stems, device), shape)
+    store = features.FeatureStore(run_dir.features_path, features.fingerprint(config, full.stems, device), shape)
     what = "pooled features" if features.pooled(net, k) else f"stages[:{k}] maps"
     print(f"feature cache: {what} {shape[2:]} x {len(views)} views of {len(full):,} images, "
           f"{store.nbytes / 2**20:,.0f} MiB on disk in {store.folder}", flush=True)
@@ -321,11 +193,11 @@ def _cached_inputs(config: Config, net, full, train_idx, val_idx, run_dir: Path,
     train_set = features.FeatureBank(store, train_idx, full.targets[train_idx], views=train_views)
     val_sets = [features.FeatureBank(store, val_idx, full.targets[val_idx], view=view) for view in eval_views]
     # read from the memory-mapped store in this process: no workers needed
-    train_loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
+    train_loader = loaders.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
                                         drop_last=recipe.drop_last(len(train_set), config.batch_size),
                                         seed=config.seed, mode="workers", num_workers=0,
                                         collate_fn=features.whole_batch)
-    val_loaders = [pipeline.make_loader(val_set, batch_size=config.batch_size * 2, device=device, train=False,
+    val_loaders = [loaders.make_loader(val_set, batch_size=config.batch_size * 2, device=device, train=False,
                                         mode="workers", num_workers=0, collate_fn=features.whole_batch)
                    for val_set in val_sets]
     return Inputs(train_loader, val_loaders, features.Tail(net, k), tta_hflip=False,
@@ -344,25 +216,25 @@ def _image_inputs(config: Config, full, train_idx, val_idx, device) -> Inputs:
     if cache_mode != "none":
         # One file per data folder and mode, reused by later runs (a stale one is rebuilt by pipeline).
         cache_file = Path(config.out_dir) / "image-cache" / f"{full.img_dir.resolve().parents[1].name}-{cache_mode}.pt"
-        source = pipeline.cache_dataset(full, cache_mode, path=cache_file, device=device)
+        source = image_cache.cache_dataset(full, cache_mode, path=cache_file, device=device)
     train_tf, eval_tf = recipe.presets_for(config)
     channels_last = uses_channels_last(device, config.channels_last)
     mode = "gpu" if gpu_path else "workers"
-    train_set = dataset.TransformSubset(source, train_idx, train_tf)
-    train_loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
+    train_set = data.TransformSubset(source, train_idx, train_tf)
+    train_loader = loaders.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
                                         drop_last=recipe.drop_last(len(train_set), config.batch_size),
                                         seed=config.seed, mode=mode, num_workers=config.num_workers,
                                         channels_last=channels_last)
-    val_loader = pipeline.make_loader(dataset.TransformSubset(source, val_idx, eval_tf),
+    val_loader = loaders.make_loader(data.TransformSubset(source, val_idx, eval_tf),
                                       batch_size=inference_batch_size(device, eval_tf.image_size, config.batch_size),
                                       device=device, train=False, mode=mode,
                                       num_workers=config.num_workers, channels_last=channels_last)
-    description = pipeline.loader_description(train_loader) if gpu_path else "DataLoader"
+    description = loaders.loader_description(train_loader) if gpu_path else "DataLoader"
     return Inputs(train_loader, [val_loader], None, channels_last=channels_last, tta_hflip=config.tta_hflip,
                   description=description)
 
 
-def _inputs(config: Config, net, full, train_idx, val_idx, run_dir: Path, device) -> Inputs:
+def _inputs(config: Config, net, full, train_idx, val_idx, run_dir: RunDir, device) -> Inputs:
     if config.cross_fit_folds and (config.cache_stages != len(net.stages) or config.freeze_epochs
                                    or config.unfreeze_stages):
         raise ValueError(f"Config.cross_fit_folds={config.cross_fit_folds} trains heads only: it needs "
@@ -390,7 +262,7 @@ def _training(config: Config, net, inputs: Inputs, train_targets, device, start_
     return Training(criterion, optimizer, peak_lrs, scheduler, scaler, amp_dtype, ema)
 
 
-def _restore(run_dir: Path, checkpoint, net, training: Training) -> Progress:
+def _restore(run_dir: RunDir, checkpoint, net, training: Training) -> Progress:
     """The state of the last finished epoch of a resumed run (a fresh Progress for a new run)."""
     if checkpoint is None:
         return Progress()
@@ -407,7 +279,7 @@ def _restore(run_dir: Path, checkpoint, net, training: Training) -> Progress:
     selection = checkpoint["selection"]
     print(f"resuming after epoch {start_epoch}/{checkpoint['config']['epochs']}", flush=True)
     return Progress(start_epoch=start_epoch, global_step=int(checkpoint["global_step"]),
-                    history=[row for row in read_history(run_dir) if row["epoch"] <= start_epoch],
+                    history=[row for row in run_dir.history() if row["epoch"] <= start_epoch],
                     best_score=selection["best_score"], best_epoch=selection["best_epoch"],
                     bad_epochs=selection["bad_epochs"], best_thresholds=selection["best_thresholds"])
 
@@ -429,13 +301,13 @@ def _validate(config: Config, net, inputs: Inputs, training: Training, device, d
 
 
 def _epoch_row(epoch: int, train: Mapping, probs, val_targets, val_loss: float, thresholds, started: float):
-    tuned = metrics.leaderboard_scores(thresholds.apply(probs), val_targets, warn=False)
-    at_half = metrics.leaderboard_scores(probs > 0.5, val_targets, warn=False)
-    train_at_half = metrics.leaderboard_scores(train["probs"] > 0.5, train["targets"], warn=False)
+    tuned = leaderboard.leaderboard_scores(thresholds.apply(probs), val_targets, warn=False)
+    at_half = leaderboard.leaderboard_scores(probs > 0.5, val_targets, warn=False)
+    train_at_half = leaderboard.leaderboard_scores(train["probs"] > 0.5, train["targets"], warn=False)
     row = {"epoch": epoch + 1, "lr": train["lr"], "train/loss": train["loss"], "train/f1@0.5": train_at_half["f1"],
            "val/loss": val_loss, "val/f1": tuned["f1"], "val/f1@0.5": at_half["f1"],
            "val/precision": tuned["precision"], "val/recall": tuned["recall"],
-           "val/map": metrics.mean_average_precision(probs, val_targets), "val/accuracy": tuned["accuracy"],
+           "val/map": leaderboard.mean_average_precision(probs, val_targets), "val/accuracy": tuned["accuracy"],
            "time_s": time.perf_counter() - started}
     return row, train_at_half, at_half
 
@@ -451,8 +323,8 @@ def _log_epoch(writer, row, train, train_at_half, at_half, probs, val_targets, c
     test_results = {"loss": row["val/loss"], **{key: at_half[key] for key in keys}}
     train_class = test_class = None
     if class_graphs:
-        train_class = metrics.per_class_table(train["probs"], train["targets"], 0.5)
-        test_class = metrics.per_class_table(probs, val_targets, 0.5)
+        train_class = leaderboard.per_class_table(train["probs"], train["targets"], 0.5)
+        test_class = leaderboard.per_class_table(probs, val_targets, 0.5)
     update_graphs(writer, step - 1, train_results, test_results, train_class, test_class)
 
 
@@ -463,17 +335,17 @@ def _checkpoint_state(config: Config, net, training: Training, progress: Progres
         "scaler": training.scaler.state_dict() if training.scaler is not None else None,
         "ema": training.ema.state_dict() if training.ema is not None else None,
         "epoch": epoch + 1, "global_step": progress.global_step, "config": config.to_dict(),
-        "thresholds": thresholds.to_dict(), "class_names": list(dataset.CLASSES), "metrics": row,
-        "rng": rng_state(), "split": "split.json", "selection": progress.selection(config.select_metric),
+        "thresholds": thresholds.to_dict(), "class_names": list(course.CLASSES), "metrics": row,
+        "rng": rng_state(), "selection": progress.selection(config.select_metric),
     }
 
 
-def _epochs(config: Config, run_dir: Path, device, net, inputs: Inputs, training: Training, progress: Progress,
+def _epochs(config: Config, run_dir: RunDir, device, net, inputs: Inputs, training: Training, progress: Progress,
             val_stems, stop_after_epochs: int | None) -> str:
     """Train, validate, tune, log and checkpoint every remaining epoch; returns the run's status."""
     from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.start_epoch + 1 if progress.start_epoch else None)
+    writer = SummaryWriter(str(run_dir.tensorboard_path), purge_step=progress.start_epoch + 1 if progress.start_epoch else None)
     try:
         for epoch in range(progress.start_epoch, config.epochs):
             epoch_start = time.perf_counter()
@@ -491,7 +363,7 @@ def _epochs(config: Config, run_dir: Path, device, net, inputs: Inputs, training
                                     progress=config.progress, desc=f"{label} train")
             progress.global_step += train["steps"]
             probs, val_targets, val_loss = _validate(config, net, inputs, training, device, f"{label} val")
-            thresholds = metrics.tune_thresholds(probs, val_targets, **config.tuning_options())
+            thresholds = tune_thresholds(probs, val_targets, **config.tuning_options())
             row, train_at_half, at_half = _epoch_row(epoch, train, probs, val_targets, val_loss, thresholds,
                                                      epoch_start)
             progress.history.append(row)
@@ -503,13 +375,12 @@ def _epochs(config: Config, run_dir: Path, device, net, inputs: Inputs, training
             else:
                 progress.bad_epochs += 1
             _log_epoch(writer, row, train, train_at_half, at_half, probs, val_targets, config.class_graphs)
-            _write_history(run_dir / "metrics.csv", progress.history)
+            run_dir.write_history(progress.history)
             state = _checkpoint_state(config, net, training, progress, epoch, row, thresholds)
             if improved:
-                save_checkpoint(run_dir / "best.pt", state)
-                files.write_json(run_dir / "thresholds.json", thresholds.to_dict())
-                _write_val_outputs(run_dir / "val_outputs.npz", probs, val_targets, val_stems, epoch + 1)
-            save_checkpoint(run_dir / "last.pt", state)
+                run_dir.save_checkpoint("best", state)
+                run_dir.write_best_outputs(thresholds, probs, val_targets, val_stems, epoch + 1)
+            run_dir.save_checkpoint("last", state)
             tqdm.write(f"epoch {epoch + 1:3d}/{config.epochs}  {trains:<28s} lr {row['lr']:.2e}  "
                        f"train loss {row['train/loss']:.4f}  val loss {row['val/loss']:.4f}  "
                        f"F1 {row['val/f1']:.4f} (@0.5 {row['val/f1@0.5']:.4f})  mAP {row['val/map']:.4f}  "
@@ -525,20 +396,18 @@ def _epochs(config: Config, run_dir: Path, device, net, inputs: Inputs, training
     return "finished"
 
 
-def _finish(config: Config, run_dir: Path, device, net, inputs: Inputs, training: Training, progress: Progress,
+def _finish(config: Config, run_dir: RunDir, device, net, inputs: Inputs, training: Training, progress: Progress,
             status: str, initial_state, full, started: float, phases: dict, estimate: costs.Estimate) -> dict:
     """Cross-fit (when asked and the run was not stopped early), write ``summary.json``, return the result."""
     cross_fit = None
     if config.cross_fit_folds and status != "stopped":
         phase_start = time.perf_counter()
         result = features.cross_fit(net, inputs.store, initial_state, training.criterion, full.targets, config, device)
-        save_checkpoint(run_dir / "final.pt", {
+        run_dir.save_checkpoint("final", {
             "model": result.final_net.state_dict(), "ema": None, "epoch": config.epochs, "config": config.to_dict(),
-            "thresholds": result.thresholds.to_dict(), "class_names": list(dataset.CLASSES), "split": "split.json",
+            "thresholds": result.thresholds.to_dict(), "class_names": list(course.CLASSES),
             "metrics": {key: value for key, value in result.record.items() if key != "thresholds"}})
-        files.write_atomic(run_dir / "oof.npz", lambda file: np.savez_compressed(
-            file, probs=result.oof, targets=full.targets, stems=np.asarray(full.stems), folds=result.folds))
-        files.write_json(run_dir / "cross_fit.json", result.record)
+        run_dir.write_cross_fit(result.record, result.oof, full.targets, full.stems, result.folds)
         cross_fit = result.record
         phases["cross_fit_s"] = time.perf_counter() - phase_start
     history = progress.history
@@ -547,14 +416,14 @@ def _finish(config: Config, run_dir: Path, device, net, inputs: Inputs, training
                "select_metric": config.select_metric, "best_epoch": progress.best_epoch, "best": best_row,
                "last": history[-1] if history else None, "time_s": time.perf_counter() - started,
                "hardware": hardware_info(device), "model": config.model,
-               "parameters": models.count_parameters(net)["total"], "cross_fit": cross_fit, "phases": phases,
+               "parameters": networks.count_parameters(net)["total"], "cross_fit": cross_fit, "phases": phases,
                "estimate": estimate.to_dict()}
-    files.write_json(run_dir / "summary.json", summary)
+    run_dir.write_summary(summary)
     if status == "stopped":
         print(f"stopped after epoch {len(history)}; resume with:  python -m loops train --resume {run_dir}", flush=True)
     thresholds = progress.best_thresholds
-    return {"run_dir": run_dir, "status": status, "best_epoch": progress.best_epoch, "best": best_row,
-            "thresholds": metrics.ThresholdResult.from_dict(thresholds) if thresholds else None,
+    return {"run_dir": run_dir.path, "status": status, "best_epoch": progress.best_epoch, "best": best_row,
+            "thresholds": ThresholdResult.from_dict(thresholds) if thresholds else None,
             "history": history, "cross_fit": cross_fit}
 
 
@@ -573,27 +442,20 @@ def _prepare_model(config: Config, net, train_targets, device):
     """The head's biases at the training split's class rates, the network on its device; returns the state every
     cross-fitted head starts from (None without cross-fitting)."""
     if config.prior_from_data:
-        models.set_head_prior(net, train_targets.mean(axis=0))
+        networks.set_head_prior(net, train_targets.mean(axis=0))
     channels_last = uses_channels_last(device, config.channels_last)
     net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     return copy.deepcopy(net.state_dict()) if config.cross_fit_folds else None
 
 
-def _mark_failed(run_dir: Path, config: Config, err: Exception, seconds: float, device) -> None:
-    files.write_json(run_dir / "summary.json", {
-        "status": "failed", "error": f"{type(err).__name__}: {err}", "epochs": config.epochs,
-        "epochs_done": len(read_history(run_dir)), "time_s": seconds, "model": config.model,
-        "hardware": hardware_info(device)})
-
-
-def _interrupted(run_dir: Path, config: Config) -> None:
-    if (run_dir / "last.pt").is_file():
-        done = load_checkpoint(run_dir / "last.pt")["epoch"]
-        print(f"\ninterrupted; {run_dir / 'last.pt'} holds epoch {done}/{config.epochs}.\n"
+def _interrupted(run_dir: RunDir, config: Config) -> None:
+    if run_dir.has_checkpoint("last"):
+        done = run_dir.load_checkpoint("last")["epoch"]
+        print(f"\ninterrupted; {run_dir.checkpoint_path('last')} holds epoch {done}/{config.epochs}.\n"
               f"resume with:  python -m loops train --resume {run_dir}\n"
               f"         or:  loops.fit(resume={str(run_dir)!r})", file=sys.stderr, flush=True)
     else:
-        kept = " (the feature cache keeps its finished chunks)" if (run_dir / "features").is_dir() else ""
+        kept = " (the feature cache keeps its finished chunks)" if run_dir.features_path.is_dir() else ""
         print(f"\ninterrupted before the first epoch ended{kept}.\n"
               f"resume with:  python -m loops train --resume {run_dir}", file=sys.stderr, flush=True)
 
@@ -602,7 +464,7 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
     """Train a model as ``config`` says, into a new run folder; or continue the run folder ``resume``.
 
     Every epoch: train, evaluate on the validation split, tune thresholds on its probabilities
-    (``metrics.tune_thresholds``), append a row to ``metrics.csv`` and TensorBoard, save ``last.pt``, and
+    (``tune_thresholds``), append a row to ``metrics.csv`` and TensorBoard, save ``last.pt``, and
     ``best.pt`` (with ``thresholds.json`` and ``val_outputs.npz``) when ``config.select_metric`` improved.
     Ctrl-C keeps the last completed epoch in ``last.pt`` and prints how to resume. ``stop_after_epochs=N`` stops
     like Ctrl-C once N epochs are done (tests). A resumed run uses its saved config; a ``config`` given with
@@ -618,7 +480,7 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
     started = time.perf_counter()
     checkpoint = run_dir = None
     if resume is not None:
-        run_dir = Path(resume)
+        run_dir = RunDir(resume)
         checkpoint, config = _resume(run_dir, config)
     else:
         config = (config or Config()).validate()
@@ -632,8 +494,8 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
         train_idx, val_idx = _split(config, full, run_dir)
         estimate = _estimate(config, net, full, train_idx, val_idx, device)
         run_dir = run_dir or _new_folder(config, full, train_idx, val_idx)
-        for folder in (run_dir, run_dir / "features"):  # what a killed write of an earlier start left behind
-            files.remove_stale_temps(folder)
+        for folder in (run_dir.path, run_dir.features_path):  # what a killed write of an earlier start left behind
+            atomic.remove_stale_temps(folder)
         print(f"run folder: {run_dir}  ({len(train_idx)} training / {len(val_idx)} validation images, {device})",
               flush=True)
         _warn_small_split(full.targets, val_idx)
@@ -655,55 +517,8 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
             _interrupted(run_dir, config)
             raise
         except Exception as err:  # the folder says it failed (the run table reads it), then the error goes on
-            _mark_failed(run_dir, config, err, time.perf_counter() - started, device)
+            run_dir.write_summary({
+                "status": "failed", "error": f"{type(err).__name__}: {err}", "epochs": config.epochs,
+                "epochs_done": len(run_dir.history()), "time_s": time.perf_counter() - started, "model": config.model,
+                "hardware": hardware_info(device)})
             raise
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Predictions for the test images
-# ----------------------------------------------------------------------------------------------------------
-def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", device: str | None = None,
-                batch_size: int | None = None, num_workers: int | None = None, progress: bool = True) -> dict:
-    """Predict the test images of ``data_root`` (default: the run's) with a run's checkpoint and its tuned
-    thresholds; write the JSON (validated against the test folder's stems) atomically to ``out_path``.
-
-    A run trained on a feature cache predicts through the same extraction (``features.predict_cached``), so its
-    thresholds fit the probabilities. Returns a summary dict: ``path``, ``images``, ``mean_labels``, ``empty``
-    (images with no label), ``global_threshold``, ``at_least_one``, ``checkpoint``.
-    """
-    started = time.perf_counter()
-    out_path = Path(out_path)
-    files.remove_stale_temps(out_path.parent, out_path.name)
-    files.check_writable(out_path)  # before the inference, not after it
-    which = resolve_checkpoint(run_dir, which)
-    model, config, thresholds = load_run(run_dir, which)
-    device = resolve_device(device or config.device)
-    root = dataset.find_data_root(data_root or config.data_root)
-    if root is None:
-        raise FileNotFoundError("no course data: pass --data-root, or set $MSCOCO_ROOT")
-    test_set = dataset.COCOTestImageDataset(dataset.course_dirs(root)["test_images"], check_images=config.check_images,
-                                            progress=progress)
-    _, eval_tf = recipe.presets_for(config)
-    batch_size = batch_size or inference_batch_size(device, eval_tf.image_size, config.batch_size)
-    if config.cache_stages > 0:
-        model.to(device, memory_format=torch.channels_last if uses_channels_last(device, config.channels_last)
-                 else torch.preserve_format)  # the tail as the run evaluated it
-        probs = features.predict_cached(model, config, test_set, device, batch_size=batch_size,
-                                        num_workers=num_workers, progress=progress)
-        stems = list(test_set.stems)
-    else:
-        test_set.transform = eval_tf
-        channels_last = uses_channels_last(device, config.channels_last)
-        model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        loader = pipeline.make_loader(test_set, batch_size=batch_size, device=device, train=False, mode="workers",
-                                      num_workers=num_workers, channels_last=channels_last)
-        out = predict(model, loader, device, amp_dtype=amp_settings(device, config.amp)[0],
-                      channels_last=channels_last, tta_hflip=config.tta_hflip, progress=progress)
-        probs, stems = out["probs"], out["stems"]
-    preds = thresholds.apply(probs)
-    path = metrics.write_predictions(out_path, metrics.predictions_to_dict(stems, preds),
-                                     expected_stems=test_set.stems)
-    return {"path": str(path), "images": len(stems), "mean_labels": float(preds.sum(axis=1).mean()),
-            "empty": int((preds.sum(axis=1) == 0).sum()), "global_threshold": thresholds.global_threshold,
-            "at_least_one": thresholds.at_least_one, "checkpoint": f"{which}.pt",
-            "time_s": time.perf_counter() - started}

@@ -10,14 +10,9 @@ import argparse
 import sys
 from typing import Sequence
 
-import bench
-import costs
-import metrics
-import models
-import runs
-from config import PRESET_DESCRIPTIONS, PRESETS, Config, add_config_flags, config_from_preset, overrides_from_args
-
-__all__ = ["build_parser", "config_from_args", "main"]
+from coco import bench, costs, fit, networks, predict, submission
+from coco.config import PRESET_DESCRIPTIONS, PRESETS, Config, add_config_flags, config_from_preset, overrides_from_args
+from coco.run_dir import RunDir
 
 DESCRIPTION = "Train a multi-label classifier on the course data, or predict its test images."
 
@@ -40,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue this run from its last.pt (its saved config; only device, num-workers, "
                             "progress, data-root and out-dir may be given)")
     train.add_argument("--stop-after-epochs", type=int, metavar="N", help=argparse.SUPPRESS)  # tests: simulate Ctrl-C
-    add_config_flags(train)
+    add_config_flags(train, {"model": networks.list_models()})
     pred = commands.add_parser("predict", help="write test-set predictions (JSON) with a run's tuned thresholds",
                                description="Predict the test images with a run's best checkpoint and its tuned "
                                            "thresholds; writes a validated predictions JSON.")
@@ -69,13 +64,13 @@ def config_from_args(args: argparse.Namespace) -> Config | None:
             raise ValueError("--preset cannot be combined with --resume (the run's saved config is used)")
         if not overrides:
             return None
-        return Config.from_dict({**runs.saved_config(args.resume), **overrides})
+        return Config.from_dict({**RunDir(args.resume).saved_config(), **overrides})
     return config_from_preset(args.preset or "shufflenet", **overrides)
 
 
 def _train(args) -> int:
     config = config_from_args(args)
-    result = runs.fit(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
+    result = fit.fit(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
     if result["best"] is not None:
         best = result["best"]
         print(f"best epoch {result['best_epoch']}: val F1 {best['val/f1']:.4f}, val loss {best['val/loss']:.4f}, "
@@ -85,7 +80,7 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    summary = runs.predict_run(args.run, args.out, data_root=args.data_root, which=args.which, device=args.device,
+    summary = predict.predict_run(args.run, args.out, data_root=args.data_root, which=args.which, device=args.device,
                                batch_size=args.batch_size, num_workers=args.num_workers,
                                progress=not args.no_progress)
     print(f"{summary['images']} test images, {summary['mean_labels']:.2f} labels per image on average, "
@@ -97,13 +92,13 @@ def _predict(args) -> int:
 
 # Failures whose message already says what went wrong and what to do: printed as they are. Anything else is
 # printed with its type (a bug, most likely): --debug shows its traceback.
-_EXPECTED = (ValueError, OSError, FloatingPointError, metrics.PredictionsError, costs.ResourceError,
-             models.PretrainedWeightsUnavailable)
+_EXPECTED = (ValueError, OSError, FloatingPointError, submission.PredictionsError, costs.ResourceError,
+             networks.PretrainedWeightsUnavailable)
 
 
 def describe(err: BaseException) -> str:
     """The text after ``error:`` for a failure of a command."""
-    if isinstance(err, models.PretrainedWeightsUnavailable):
+    if isinstance(err, networks.PretrainedWeightsUnavailable):
         return f"{err}\n(on the command line, pretrained=False is --no-pretrained)"
     text = str(err) if isinstance(err, _EXPECTED) else f"{type(err).__name__}: {err}"
     return text + ("" if isinstance(err, _EXPECTED) else " (run again with --debug for the traceback)")

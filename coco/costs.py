@@ -20,15 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
-import features
-import pipeline
-import recipe
-from config import Config
-from engine import evaluate, train_one_epoch
-from runtime import (amp_settings, available_memory_bytes, current_memory_bytes, free_disk_bytes,
-                     inference_batch_size, inference_settings, loader_settings)
-
-__all__ = ["Estimate", "ResourceError", "estimate", "check", "format_bytes", "format_seconds"]
+from coco import features, loaders, recipe
+from coco.config import Config
+from coco.engine import evaluate, train_one_epoch
+from coco.runtime import (
+    amp_settings,
+    available_memory_bytes,
+    current_memory_bytes,
+    free_disk_bytes,
+    inference_batch_size,
+    inference_settings,
+    loader_settings,
+)
 
 WORKER_BYTES = 400 * 2**20  # a DataLoader worker process: a Python interpreter with torch and the dataset
 HEADROOM = 0.9  # a run may plan to use this share of the memory available when it starts
@@ -168,9 +171,9 @@ def _measure(config: Config, net, device) -> dict:
             n_items = 4 * config.batch_size
             bank = np.random.default_rng(0).standard_normal((1, n_items, *sample.shape[1:])).astype(np.float16)
             train_set = features.FeatureBank(bank, np.arange(n_items), np.zeros((n_items, probe.num_classes)))
-            loader = pipeline.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
+            loader = loaders.make_loader(train_set, batch_size=config.batch_size, device=device, train=True,
                                           mode="workers", num_workers=0, collate_fn=features.whole_batch)
-            eval_loader = pipeline.make_loader(features.FeatureBank(bank, np.arange(n_items), train_set.targets,
+            eval_loader = loaders.make_loader(features.FeatureBank(bank, np.arange(n_items), train_set.targets,
                                                                     view=0),
                                                batch_size=2 * config.batch_size, device=device, train=False,
                                                mode="workers", num_workers=0, collate_fn=features.whole_batch)
@@ -273,7 +276,7 @@ def estimate(config: Config, net, source, *, n_train: int, n_val: int, n_test: i
 
 
 def _image_cache_mode(config: Config, device) -> str:
-    """The image cache a run keeps (as runs._image_inputs decides it)."""
+    """The image cache a run keeps (as fit._image_inputs decides it)."""
     if config.cache_stages:
         return "none"
     gpu_path = config.loader == "gpu" or (config.loader == "auto" and torch.device(device).type == "cuda")

@@ -1,68 +1,76 @@
-"""The loops: one training epoch, one evaluation pass, predictions, and the course's functions built on them.
+"""The loops: one training epoch, one evaluation pass, predictions, and the weight EMA.
 
 What happens inside an epoch and nothing else, in the manner of torchvision's reference ``engine.py``: each
 function takes the model, a loader and the few settings it needs, and returns a plain dict. Building those
-objects from a ``Config`` is ``recipe.py``'s job; running epochs into a run folder is ``runs.py``'s.
+objects from a ``Config`` is ``coco.recipe``'s job; running epochs into a run folder is ``coco.fit``'s; the
+course's ``train_loop`` and ``validation_loop`` (in ``loops.py``) are built on these.
 
 * :func:`train_one_epoch`, :func:`evaluate` and :func:`predict`: mixed precision through an autocast dtype,
   an optional gradient scaler and clipping, channels_last, an optional :class:`ModelEma` of the weights.
-* The course's :func:`train_loop`, :func:`validation_loop` and :func:`update_graphs` keep their names and
-  arguments, with the leaderboard metric of ``metrics.py`` and probabilities (never logits) thresholded.
+* :func:`update_graphs`: the course's TensorBoard graphs (``coco.fit`` draws them every epoch).
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import Mapping
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-import dataset
-import metrics
-from runtime import autocast, to_device
-
-__all__ = ["ModelEma", "train_one_epoch", "evaluate", "predict", "train_loop", "validation_loop", "update_graphs"]
+from coco import course
+from coco.runtime import autocast, to_device
 
 
-class ModelEma:
-    """Exponential moving average of a model's weights (buffers such as BatchNorm statistics are averaged too).
+def _warmup_ema(decay: float):
+    """The averaging function of :class:`ModelEma`: ``averaged = lerp(averaged, current, 1 - d)`` with
+    ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates; integer buffers (BatchNorm's batch counter) are
+    copied, not averaged."""
+
+    def average(averaged: list, current: list, num_averaged) -> None:
+        if not averaged[0].dtype.is_floating_point:
+            torch._foreach_copy_(averaged, current)
+            return
+        n = int(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + n) / (10 + n)))
+
+    return average
+
+
+class ModelEma(AveragedModel):
+    """Exponential moving average of a model's weights and float buffers: torch's ``AveragedModel`` (as
+    torchvision's references use it) with a warm-up in its averaging function.
 
     ``decay`` ramps up as (1 + n) / (10 + n) over the first updates, so a short run is not dominated by the
     random initial weights. Evaluate ``ema.module``; ``state_dict`` holds its weights and the update count.
     """
 
     def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, multi_avg_fn=_warmup_ema(float(decay)), use_buffers=True)
         self.decay = float(decay)
-        self.updates = 0
-        self.module = copy.deepcopy(model).eval()
+        self.n_averaged += 1  # the copy made here is the start: the first update averages, with decay 2/11
+        self.module.eval()
         for param in self.module.parameters():
             param.requires_grad_(False)
+
+    @property
+    def updates(self) -> int:
+        return int(self.n_averaged) - 1
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """One averaging step towards ``model``'s weights. A module that trains part of a network on cached
         features (``features.Tail``) holds that network as ``.net``: the network is what is averaged."""
-        model = getattr(model, "net", model)
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        averaged, current = [], []
-        for ema_value, value in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if ema_value.dtype.is_floating_point:
-                averaged.append(ema_value)
-                current.append(value.detach())
-            else:
-                ema_value.copy_(value)  # integer buffers (BatchNorm's batch counter) are copied
-        torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        self.update_parameters(getattr(model, "net", model))
 
-    def state_dict(self) -> dict:
+    def state_dict(self, *args, **kwargs) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
 
-    def load_state_dict(self, state: Mapping) -> None:
+    def load_state_dict(self, state: Mapping, *args, **kwargs) -> None:
         self.module.load_state_dict(state["module"])
-        self.updates = int(state["updates"])
+        self.n_averaged.fill_(int(state["updates"]) + 1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -176,7 +184,7 @@ def evaluate(model: nn.Module, loader, device, *, criterion=None, amp_dtype=None
 @torch.inference_mode()
 def predict(model: nn.Module, loader, device, *, amp_dtype=None, channels_last: bool = False,
             tta_hflip: bool = False, progress: bool = True, desc: str = "predict") -> dict:
-    """Probabilities for a loader of (images, stems) (``dataset.COCOTestImageDataset``).
+    """Probabilities for a loader of (images, stems) (``data.COCOTestImageDataset``).
 
     Returns ``stems`` (list of str, loader order) and ``probs`` (float32 CPU tensor N x classes).
     """
@@ -188,61 +196,6 @@ def predict(model: nn.Module, loader, device, *, amp_dtype=None, channels_last: 
         probs_list.append(probs.cpu())
         stems.extend(str(stem) for stem in batch_stems)
     return {"stems": stems, "probs": torch.cat(probs_list) if probs_list else torch.zeros((0, 0))}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The course's functions, same names and arguments
-# ----------------------------------------------------------------------------------------------------------
-def train_loop(train_loader, net, criterion, optimizer, device, mbatch_loss_group=-1):
-    """The course's training epoch: one pass over ``train_loader`` updating ``net``.
-
-    As in the course, returns the list of mean losses of consecutive groups of ``mbatch_loss_group``
-    mini-batches when ``mbatch_loss_group > 0`` (for ``update_graphs``), and None otherwise.
-    Full precision, no scheduler: :func:`train_one_epoch` is the same loop with those options.
-    """
-    result = train_one_epoch(net, train_loader, criterion, optimizer, device, progress=False)
-    if mbatch_loss_group <= 0:
-        return None
-    losses = result["batch_losses"]
-    n_groups = len(losses) // mbatch_loss_group  # a last, incomplete group is left out, as in the course
-    return losses[: n_groups * mbatch_loss_group].view(n_groups, mbatch_loss_group).mean(dim=1).tolist()
-
-
-def validation_loop(val_loader, net, criterion, num_classes, device, multi_label=False, th_multi_label=0.5,
-                    one_hot=False, class_metrics=False):
-    """The course's validation pass, scored with the leaderboard metric (``metrics.leaderboard_scores``).
-
-    Multi-label: a class is predicted when its *probability* ``sigmoid(logit)`` exceeds ``th_multi_label``
-    (the course's skeleton compared raw logits with the threshold, which at 0.5 means probability 0.62).
-    Single-label: the arg-max class is predicted; targets are class indices, or one-hot rows with
-    ``one_hot=True``. Returns ``{"loss", "accuracy", "f1", "precision", "recall"}``; with ``class_metrics``,
-    ``(results, class_results)`` where ``class_results[c] = {"f1", "precision", "recall"}``.
-    Accuracy: multi-label, the leaderboard's (true positives over positives); single-label, the fraction of
-    images whose class is right.
-    """
-    out = evaluate(net, val_loader, device, criterion=criterion, progress=False)
-    probs, targets = out["probs"], out["targets"]
-    if multi_label:
-        preds = probs > th_multi_label
-        targets_hot = targets > 0.5
-        threshold = th_multi_label
-    else:
-        labels = targets.argmax(dim=1) if one_hot else targets.long().view(-1)
-        predicted = probs.argmax(dim=1)
-        preds = torch.nn.functional.one_hot(predicted, num_classes).bool()
-        targets_hot = torch.nn.functional.one_hot(labels, num_classes).bool()
-        threshold = 0.5  # preds are 0/1 here
-    scores = metrics.leaderboard_scores(preds, targets_hot, warn=False)
-    results = {"loss": out["loss"], "accuracy": scores["accuracy"], "f1": scores["f1"],
-               "precision": scores["precision"], "recall": scores["recall"]}
-    if not multi_label:
-        results["accuracy"] = float((predicted == labels).float().mean())
-    if not class_metrics:
-        return results
-    table = metrics.per_class_table(preds.float() if not multi_label else probs, targets_hot, threshold,
-                                    class_names=[str(c) for c in range(num_classes)])
-    class_results = [{"f1": row["f1"], "precision": row["precision"], "recall": row["recall"]} for row in table]
-    return results, class_results
 
 
 _COURSE_GRAPHS = (("Metrics/Train F1 vs Test F1", "f1", "F1"),
@@ -271,7 +224,7 @@ def update_graphs(summary_writer, epoch, train_results, test_results, train_clas
         summary_writer.add_scalars(tag, {f"Train {label}": train_results[key], f"Test {label}": test_results[key]}, step)
     if train_class_results is not None and test_class_results is not None:
         if class_names is None:
-            class_names = (dataset.CLASSES if len(train_class_results) == dataset.NUM_CLASSES
+            class_names = (course.CLASSES if len(train_class_results) == course.NUM_CLASSES
                            else [str(i) for i in range(len(train_class_results))])
         for name, train_class, test_class in zip(class_names, train_class_results, test_class_results):
             for _, key, label in _COURSE_GRAPHS[:3]:

@@ -6,8 +6,8 @@ Two questions, two modes:
   the training step alone (one batch already on the device), end to end, and inference; the end-to-end / step
   ratio says whether the input pipeline keeps up with the model. The step and inference are
   ``engine.train_one_epoch`` and ``engine.predict``, the very code that trains and predicts.
-* ``python -m loops bench --recipe NAME --images 500 2500``: whole runs of a preset (``runs.fit`` and
-  ``runs.predict_run``, in a fresh process per size so that its peak memory is its own) on generated JPEGs of
+* ``python -m loops bench --recipe NAME --images 500 2500``: whole runs of a preset (``fit.fit`` and
+  ``predict.predict_run``, in a fresh process per size so that its peak memory is its own) on generated JPEGs of
   the course's size, the time of each phase and the peak resident memory, extrapolated to the course's
   65,000 + 4,952 images. Beside it, what the run's own estimate (``costs.py``) says for the course's size.
 """
@@ -27,16 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import costs
-import models
-import recipe
-import runs
-import synthetic
-from config import PRESETS, config_from_preset
-from dataset import COCOTestImageDataset, COCOTrainImageDataset, EvalPreset, TrainPreset, TransformSubset, course_dirs
-from engine import predict, train_one_epoch
-from pipeline import CACHE_MODES, LOADER_MODES, CachedImageDataset, cache_dataset, loader_description, make_loader
-from runtime import amp_settings, cpu_count, peak_memory_bytes, resolve_device, seed_everything
+from coco import costs, engine, fit, losses, networks, predict, recipe, synthetic
+from coco.config import CACHE_MODES, LOADER_MODES, PRESETS, config_from_preset
+from coco.course import course_dirs
+from coco.data import COCOTestImageDataset, COCOTrainImageDataset, TransformSubset
+from coco.image_cache import CachedImageDataset, cache_dataset
+from coco.loaders import loader_description, make_loader
+from coco.run_dir import RunDir
+from coco.runtime import amp_settings, cpu_count, peak_memory_bytes, resolve_device, seed_everything
+from coco.transforms import EvalPreset, TrainPreset
 
 
 def _log(message: str) -> None:
@@ -173,7 +172,7 @@ def _parse_bench_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m loops bench",
         description="Images/s of the input pipeline, the training step, end-to-end training and inference.")
-    parser.add_argument("--model", default="shufflenet_v2_x1_0", help="models.build_model name (default: %(default)s)")
+    parser.add_argument("--model", default="shufflenet_v2_x1_0", help="networks.build_model name (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, help="default: 256 on CUDA, 64 on CPU")
     parser.add_argument("--image-size", type=int, default=224, help="default: %(default)s")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
@@ -237,12 +236,12 @@ def run_bench(args) -> dict:
         cache_seconds = time.perf_counter() - start
         cache = train_data.cache if isinstance(train_data, CachedImageDataset) else None
 
-        model = models.build_model(args.model, pretrained=False)  # random weights: the same speed, no download
+        model = networks.build_model(args.model, pretrained=False)  # random weights: the same speed, no download
         channels_last = cuda if args.channels_last == "auto" else args.channels_last == "on"
         model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         spec = model.spec
         amp_dtype, scaler = amp_settings(device, not args.no_amp)
-        criterion = models.build_loss("bce").to(device)
+        criterion = losses.build_loss("bce").to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         network = torch.compile(model) if args.compile else model
 
@@ -267,14 +266,14 @@ def run_bench(args) -> dict:
         pipeline_ips = pipeline_alone.ips()
 
         _log("bench: training step alone (one batch already on the device) and end to end, in turns...")
-        training = _train_alternating(lambda batches: train_one_epoch(network, batches, **train),
+        training = _train_alternating(lambda batches: engine.train_one_epoch(network, batches, **train),
                                       next(iter(train_loader)), train_loader, device, warmup=args.warmup,
                                       block=args.block or len(train_loader), max_seconds=args.max_seconds)
         step_ips, e2e_ips = training["step_ips"], training["end_to_end_ips"]
 
         _log("bench: inference (test images, evaluation preset)...")
         inference = _Timed(test_loader, device, **{**limits, "warmup": min(args.warmup, len(test_loader) - 1)})
-        predict(network, inference, device, amp_dtype=amp_dtype, channels_last=channels_last, progress=False)
+        engine.predict(network, inference, device, amp_dtype=amp_dtype, channels_last=channels_last, progress=False)
         inference_ips = inference.ips()
 
     return {
@@ -359,13 +358,14 @@ def _recipe_child(argv) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     config = _recipe_config(args.recipe, args.data, args.out, args.epochs, args.random_weights)
-    result = runs.fit(config)
-    predicted = runs.predict_run(result["run_dir"], Path(args.out) / "predictions.json", progress=False)
-    summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
+    result = fit.fit(config)
+    predicted = predict.predict_run(result["run_dir"], Path(args.out) / "predictions.json", progress=False)
+    run = RunDir(result["run_dir"])
+    summary = run.summary()
     print(json.dumps({"phases": {**summary["phases"], "predict_s": predicted["time_s"]},
                       "wall_s": time.perf_counter() - start, "peak_rss_bytes": peak_memory_bytes(),
                       "estimate": summary["estimate"], "epochs": config.epochs,
-                      "train_images": len(json.loads((Path(result["run_dir"]) / "split.json").read_text())["train"]),
+                      "train_images": len(run.split_record()["train"]),
                       "best": summary["best"]}))
     return 0
 
@@ -398,10 +398,10 @@ def recipe_main(argv) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     preset = config_from_preset(args.recipe)
-    if preset.pretrained and not args.random_weights and not models.weights_on_disk(preset.model):
+    if preset.pretrained and not args.random_weights and not networks.weights_on_disk(preset.model):
         raise ValueError(f"bench --recipe {args.recipe}: the pretrained weights of {preset.model} are not on this "
                          f"machine; download them first (python -c \"import models; "
-                         f"models.build_model('{preset.model}')\" says how) or add --random-weights to time the "
+                         f"networks.build_model('{preset.model}')\" says how) or add --random-weights to time the "
                          f"recipe from random weights, which costs the same time and memory")
     epochs = args.epochs or (None if preset.cache_stages else 1)
     measured = []

@@ -25,13 +25,6 @@ from typing import Mapping
 import numpy as np
 import torch
 
-__all__ = [
-    "resolve_device", "amp_settings", "uses_channels_last", "cpu_has_native_bf16", "inference_settings",
-    "inference_batch_size", "autocast", "to_device",
-    "seed_everything", "derived_seed", "rng_state", "set_rng_state", "determinism", "cpu_count", "loader_settings",
-    "available_memory_bytes", "current_memory_bytes", "peak_memory_bytes", "free_disk_bytes", "hardware_info",
-]
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Device and precision

@@ -6,7 +6,7 @@ COCO's (class 0, "person", is the commonest).  It lets the notebook, the command
 the tests run anywhere, without the course zip and without internet; a small CNN learns it
 in a few CPU minutes.  Scores on it say nothing about COCO.
 
-    python -m synthetic OUT_DIR [--train N] [--test N] [--seed S]
+    python -m coco.synthetic OUT_DIR [--train N] [--test N] [--seed S]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dataset import NUM_CLASSES
+from coco.course import NUM_CLASSES
 
 SHAPES = ("disc", "square", "triangle", "diamond", "cross", "ring", "bar", "star")
 COLOURS = (  # well separated in RGB so that colour alone splits the classes into 10 groups
@@ -172,7 +172,7 @@ def make_demo_dataset(root, n_train: int = 1000, n_test: int = 250, seed: int = 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m coco.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder to create (course layout)")
     parser.add_argument("--train", type=int, default=1000,
                         help="number of training images, at least 60 (every class 3 times); default: 1000")
