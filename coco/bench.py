@@ -412,10 +412,10 @@ def recipe_main(argv) -> int:
             out = work / f"runs-{args.recipe}-{n_images}"
             shutil.rmtree(out, ignore_errors=True)
             _log(f"bench: {args.recipe} on {n_images:,} + {_test_images(n_images):,} generated images...")
-            command = [sys.executable, "-m", "bench", "_recipe_child", "--recipe", args.recipe, "--data", str(data),
+            command = [sys.executable, "-m", "coco.bench", "_recipe_child", "--recipe", args.recipe, "--data", str(data),
                        "--out", str(out)] + (["--epochs", str(epochs)] if epochs else []) \
                 + (["--random-weights"] if args.random_weights else [])
-            child = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent)
+            child = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
             if child.returncode != 0:
                 last = (child.stderr.strip().splitlines() or ["no output"])[-1]
                 raise RuntimeError(f"bench: the {args.recipe} run on {n_images} images failed (exit "

@@ -28,7 +28,7 @@ from coco.thresholds import (
     tune_thresholds,
 )
 
-STUDY_CSV = Path(__file__).resolve().parent / "study" / "results.csv"
+STUDY_CSV = Path(__file__).resolve().parents[1] / "study" / "results.csv"
 STUDY_COLUMNS = ("protocol", "recipe", "command", "hardware", "wall_time_s", "val_f1", "f1_se", "val_map", "notes")
 
 # Classes whose members look alike or share scenes; the notebook asks whether one is predicted when only a

@@ -5,8 +5,8 @@ Each setting is timed in alternating rounds (so that a change of background load
 the project's own ``engine.train_one_epoch`` on one batch already in memory (AdamW as ``recipe.build_optimizer``
 makes it, the run's loss), and ``features.compute`` for the forward-only pass of the feature cache.
 
-    python study/cpu_precision.py                       # EfficientNet-Lite0 224 / 160 px, ShuffleNet V2 224 px
-    python study/cpu_precision.py --models efficientnet_lite0:224:64 --rounds 5
+    python -m study.cpu_precision                       # EfficientNet-Lite0 224 / 160 px, ShuffleNet V2 224 px
+    python -m study.cpu_precision --models efficientnet_lite0:224:64 --rounds 5
 """
 import argparse
 import time

@@ -5,8 +5,8 @@ vectors of the frozen backbone, the evaluation view and its mirror image, bfloat
 has native bfloat16), for every labelled image of the data folder; written to ``OUT/<model>_<size>_<pool>/`` with
 the targets beside it.
 
-    python study/extract_features.py efficientnet_lite2 384 --data-root ../shared/coco-mini --out study-cache
-    python study/extract_features.py efficientnet_lite0 224 --pool avg
+    python -m study.extract_features efficientnet_lite2 384 --data-root ../shared/coco-mini --out study-cache
+    python -m study.extract_features efficientnet_lite0 224 --pool avg
 """
 import argparse
 import time

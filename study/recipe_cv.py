@@ -13,8 +13,8 @@ has 834). On the other four fifths two ways of getting a predictor and its thres
 * ``cross-fit``: the cpu preset's way (``Config.cross_fit_folds``): out-of-fold probabilities of all of them
   from 5 inner heads, thresholds tuned on those, and a head trained on all of them predicts.
 
-    python study/recipe_cv.py study-cache/efficientnet_lite2_384_avgmax
-    python study/recipe_cv.py study-cache/efficientnet_lite0_224_avg --hidden 0 --loss bce --dropout 0.2
+    python -m study.recipe_cv study-cache/efficientnet_lite2_384_avgmax
+    python -m study.recipe_cv study-cache/efficientnet_lite0_224_avg --hidden 0 --loss bce --dropout 0.2
 """
 import argparse
 import copy

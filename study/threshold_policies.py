@@ -5,7 +5,7 @@ each policy with ``thresholds.mock_test_scores``, the protocol of the notebook's
 sets of the test set's size, thresholds tuned on the other images. Every policy meets the same mock test sets, so
 the differences to the default are paired.
 
-    python study/threshold_policies.py runs/<timestamp>-cpu/oof.npz --repeats 20
+    python -m study.threshold_policies runs/<timestamp>-cpu/oof.npz --repeats 20
 """
 import argparse
 from pathlib import Path
