@@ -258,6 +258,22 @@ def plot_training_curves(history: pd.DataFrame, schedule: pd.DataFrame | None = 
     return fig
 
 
+def plot_lr_schedule(schedule: pd.DataFrame, save=None, *, backbone_trains: bool = True):
+    """The learning rate of each AdamW parameter group after every optimiser step (tables.lr_schedule: the
+    OneCycleLR that fit builds, stepped per batch), before any training: warm-up, peak, cosine decay."""
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.plot(schedule.index, schedule["head"], label=f"head (peak {schedule['head'].max():.0e})")
+    if backbone_trains:
+        ax.plot(schedule.index, schedule["backbone"], label=f"backbone (peak {schedule['backbone'].max():.0e})")
+    ax.set_xlabel("epoch (one point per optimiser step)")
+    ax.set_ylabel("learning rate")
+    ax.set_title("OneCycleLR, stepped every batch")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, save)
+    return fig
+
+
 def plot_threshold_sweep(probs, targets, thresholds, save=None):
     """Leaderboard F1, precision and recall of one threshold shared by all classes, against the threshold;
     the tuned per-class F1 as a horizontal line."""

@@ -9,6 +9,7 @@ score: the numbers come from ``coco.leaderboard``, ``coco.thresholds`` and the r
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -33,27 +34,26 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def about_this_run(preset: str, requested: str | None, demo: bool, cuda: bool) -> str:
-    """Which recipe this execution runs and why; what the default recipe does, and where its evidence is."""
+def about_this_run(recipes: Sequence[str], requested, demo: bool, cuda: bool) -> str:
+    """Which recipes this execution trains and why; which one the analysis is about."""
     if requested:
-        why = "the `PRESET` parameter asked for it"
+        why = "the `RECIPES` parameter asked for " + ("them" if len(recipes) > 1 else "it")
     elif demo:
         why = "no course data was found, so the notebook runs its demo recipe on synthetic shapes"
     elif cuda:
-        why = "a CUDA GPU is available, and this is the default recipe"
+        why = "a CUDA GPU is available, and `shufflenet` is the default recipe"
     else:
         why = ("no CUDA GPU is available: the default recipe fine-tunes the whole network in every epoch, a GPU's "
-               "work that takes hours at the course's size on a laptop CPU (README gives the cost of each recipe "
-               "measured on a 2-core CPU), so the notebook runs the `cpu` recipe, which runs a frozen backbone once "
-               "over the images and trains a head on the result")
-    text = f"**This execution runs the `{preset}` recipe** because {why}."
-    if preset != "shufflenet":
-        weights = ("on this machine" if networks.weights_on_disk(DEFAULT_MODEL) else
-                   "not on this machine (they download at first use where the internet is reachable)")
-        text += (" The default recipe, `shufflenet`, is ShuffleNet V2 x1.0 with ImageNet weights, every layer "
-                 "fine-tuned with AdamW and a OneCycle learning-rate schedule: run it on a GPU with "
-                 f"`PRESET=\"shufflenet\"`. ShuffleNet's ImageNet weights are {weights}; section 10.1 shows the "
-                 "default recipe's fine-tuning at work on real photos with an offline stand-in of the same class.")
+               "work that takes hours at the course's size on a laptop CPU, so the notebook runs the `cpu` recipe, "
+               "which runs a frozen backbone once over the images and trains a head on the result")
+    names = " and ".join(f"`{name}`" for name in recipes)
+    text = f"**This execution trains the {names} recipe{'s' if len(recipes) > 1 else ''}** because {why}."
+    if len(recipes) > 1:
+        text += (f" Sections 6-8 analyse the `{recipes[0]}` run; the others stand beside it in section 6.1, and the "
+                 "run with the higher expected test F1 writes the predictions (section 9).")
+    if "shufflenet" not in recipes:
+        text += (" The default recipe, `shufflenet` (ShuffleNet V2 x1.0, ImageNet weights, every layer fine-tuned "
+                 "with AdamW and OneCycleLR), is shown below all the same; run it with `RECIPES=[\"shufflenet\"]`.")
     return text
 
 
@@ -128,44 +128,60 @@ def recipe_summary(config: Config, n_stages: int, preset: str | None = None) -> 
 # ----------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------
-def history_facts(history: pd.DataFrame) -> dict:
-    """What the per-epoch metrics show: the epoch of the lowest validation loss and how far it rose after,
-    the gap between training and validation F1 at 0.5, the best mAP and the epoch after which it stopped
-    improving by more than 0.005."""
-    val_loss = history["val/loss"]
-    best_map_epoch = int(history["val/map"].idxmax())
-    best_map = float(history["val/map"].max())
-    plateau = int(history.index[np.argmax(history["val/map"].to_numpy() >= best_map - 0.005)])
+def history_facts(history: pd.DataFrame, band: float = 0.005) -> dict:
+    """What the per-epoch metrics show: the epoch of the lowest validation loss and how far it rose after, the
+    validation mAP there and at its peak (a loss that rises while mAP rises is calibration, not a worse ranking), the
+    gap between training and validation F1 at 0.5, and the plateau: the first epoch from which the validation mAP
+    STAYS within ``band`` of its peak until the last epoch (None when the last epoch has fallen out of the band)."""
+    val_loss, maps = history["val/loss"], history["val/map"]
+    best_map_epoch = int(maps.idxmax())
+    best_map = float(maps.max())
+    outside = np.flatnonzero(maps.to_numpy() < best_map - band)
+    start = outside[-1] + 1 if len(outside) else 0
+    plateau = int(history.index[start]) if start < len(history) else None
     min_epoch = int(val_loss.idxmin())
-    last = history.index[-1]
+    last = int(history.index[-1])
     rise = float(val_loss.iloc[-1] / val_loss.min() - 1)
-    return {"epochs": int(last), "val_loss_min_epoch": min_epoch, "val_loss_min": float(val_loss.min()),
+    map_at_min = float(maps.loc[min_epoch])
+    return {"epochs": last, "val_loss_min_epoch": min_epoch, "val_loss_min": float(val_loss.min()),
             "val_loss_last": float(val_loss.iloc[-1]), "val_loss_rise": rise,
             "train_f1_last": float(history["train/f1@0.5"].iloc[-1]),
             "val_f1_half_last": float(history["val/f1@0.5"].iloc[-1]),
-            "best_map": best_map, "best_map_epoch": best_map_epoch, "map_plateau_epoch": plateau,
-            "map_last": float(history["val/map"].iloc[-1]),
-            "overfitting": min_epoch < last and rise > 0.05,
+            "best_map": best_map, "best_map_epoch": best_map_epoch, "map_plateau_epoch": plateau, "band": band,
+            "map_last": float(maps.iloc[-1]), "map_at_loss_min": map_at_min,
+            "loss_rises": min_epoch < last and rise > 0.05,
+            "ranking_improves": best_map > map_at_min + band and best_map_epoch > min_epoch,
+            "overfitting": min_epoch < last and rise > 0.05 and not best_map > map_at_min + band,
             "still_improving": best_map_epoch == last and plateau == last}
 
 
 def history_text(facts: Mapping, cached: bool) -> str:
+    """The curves in a few sentences: the validation loss (calibration), the mAP (ranking), the plateau."""
     train_kind = "on its cached views" if cached else "under augmentation, while the model changes"
     text = (f"The validation loss is lowest at epoch {facts['val_loss_min_epoch']} ({facts['val_loss_min']:.3f}) "
             f"and ends at {facts['val_loss_last']:.3f}")
-    if facts["overfitting"]:
-        text += (f", {facts['val_loss_rise']:.0%} higher: **the model overfits** after epoch "
-                 f"{facts['val_loss_min_epoch']}; the training F1 at 0.5 reaches {facts['train_f1_last']:.2f} "
-                 f"({train_kind}) against {facts['val_f1_half_last']:.2f} on validation.")
+    if facts["loss_rises"] and facts["ranking_improves"]:
+        text += (f", {facts['val_loss_rise']:.0%} higher, while the validation mAP goes on from "
+                 f"{facts['map_at_loss_min']:.3f} there to {facts['best_map']:.3f} (epoch {facts['best_map_epoch']}): "
+                 "the probabilities grow over-confident (the loss punishes calibration) while the **ranking of the "
+                 "images, which thresholds and the metric use, still improves**; this is not the overfitting that "
+                 "costs F1.")
+    elif facts["overfitting"]:
+        text += (f", {facts['val_loss_rise']:.0%} higher, and the validation mAP gains no more than "
+                 f"{facts['band']} after it: **the model overfits** after epoch {facts['val_loss_min_epoch']}.")
     else:
-        text += (f"; the training F1 at 0.5 ends at {facts['train_f1_last']:.2f} ({train_kind}) against "
-                 f"{facts['val_f1_half_last']:.2f} on validation.")
+        text += "."
+    text += (f" The training F1 at 0.5 ends at {facts['train_f1_last']:.2f} ({train_kind}) against "
+             f"{facts['val_f1_half_last']:.2f} on validation.")
     if facts["still_improving"]:
         text += f" The validation mAP still rises at the last epoch ({facts['map_last']:.3f}): more epochs may help."
+    elif facts["map_plateau_epoch"] is None:
+        text += (f" The validation mAP peaks at {facts['best_map']:.3f} (epoch {facts['best_map_epoch']}) and ends "
+                 f"lower, at {facts['map_last']:.3f}: best.pt keeps the better epoch.")
     else:
         text += (f" The validation mAP peaks at {facts['best_map']:.3f} (epoch {facts['best_map_epoch']}) and stays "
-                 f"within 0.005 of it from epoch {facts['map_plateau_epoch']} on: more epochs of this recipe would not "
-                 "help.")
+                 f"within {facts['band']} of it from epoch {facts['map_plateau_epoch']} to the last: more epochs of "
+                 "this recipe would not help.")
     return text
 
 
@@ -199,7 +215,8 @@ def threshold_behaviour(preds, targets, thresholds: np.ndarray, val_counts: np.n
     return {"labels_per_image": float(preds.sum(axis=1).mean()), "true_per_image": float(targets.sum(axis=1).mean()),
             "micro_precision": micro_precision, "micro_recall": float((preds & targets).sum() / max(targets.sum(), 1)),
             "everywhere": [{"class": CLASSES[c], "share": float(share[c]), "threshold": float(thresholds[c]),
-                            "val_images": int(val_counts[c])} for c in common[np.argsort(-share[common])]]}
+                            "val_images": int(val_counts[c]), "prevalence": float(targets[:, c].mean())}
+                           for c in common[np.argsort(-share[common])]]}
 
 
 def threshold_behaviour_text(facts: Mapping, floor_row: Mapping | None = None) -> str:
@@ -211,13 +228,16 @@ def threshold_behaviour_text(facts: Mapping, floor_row: Mapping | None = None) -
         return text + " The thresholds stay close to the true number of labels on this data."
     if everywhere:
         names = ", ".join(f"{row['class']} ({row['share']:.0%} of the images, threshold {row['threshold']:.2f}, "
-                          f"{row['val_images']} validation images)" for row in everywhere[:5])
+                          f"{row['val_images']} validation images, prevalence {row['prevalence']:.0%})"
+                          for row in everywhere[:5])
         shown = "" if len(everywhere) <= 5 else ", the five most often"
         text += f" {len(everywhere)} class(es) are predicted on nearly every image{shown}: {names}."
-    text += (" This is what the leaderboard's metric rewards: it averages precision and recall over classes with "
-             "weights 1/positives, so finding the few images of a rare class raises the weighted recall by as much "
-             "as the false alarms lower the weighted precision, and per-class tuning on the global F1 trades the two "
-             "where the F1 gains.")
+    text += (" This is the metric's zero-true-positive rule at work (section 3.1): a class the model separates "
+             "poorly scores precision 0 and recall 0 at any threshold that finds none of its images, while "
+             "predicting it on every image gives recall 1 and a precision equal to its prevalence, and "
+             "precision and recall are averaged over classes separately; so the tuning lowers such a class's threshold "
+             "until it is predicted nearly everywhere. The more images a class has, the higher that precision, "
+             "so these are common classes, not rare ones.")
     if floor_row is not None:
         text += (" The team's study (`study/results.csv`, protocol `threshold policies`) measured whether a floor "
                  f"under the class thresholds pays on images they were not tuned on; it does not: {floor_row['notes']}")
@@ -256,11 +276,27 @@ def split_text(coverage: Mapping, min_positives: int) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Conclusions
 # ----------------------------------------------------------------------------------------------------------
-def conclusions(*, demo: bool, data_name: str, n_images: int, config: Config, preset: str, summary: Mapping,
-                hardware: str, expected: Mapping, history: Mapping, threshold_table: pd.DataFrame, chance_f1: float,
-                factors: pd.DataFrame, bands: pd.DataFrame, weakest: Sequence[str], strongest: Sequence[str],
-                lookalike: str, behaviour: Mapping, predictions_path: str, submitted: str) -> str:
-    """The notebook's closing bullet points: every number and every verdict from the arguments."""
+@dataclass
+class Findings:
+    """What the conclusions are written from, gathered by the notebook as it goes (one object, not 19 arguments)."""
+
+    run: Mapping           # demo, data_name, n_images, preset, hardware, summary (the analysed run)
+    config: Config
+    expected: Mapping      # expected_score of the analysed run
+    history: Mapping       # history_facts
+    threshold_table: pd.DataFrame
+    chance_f1: float
+    classes: Mapping       # factors, bands, weakest, strongest, lookalike, behaviour
+    submission: Mapping    # path, checkpoint, choice (choice_text)
+
+
+def conclusions(findings: Findings) -> str:
+    """The notebook's closing bullet points: every number and every verdict from ``findings``."""
+    run, classes = findings.run, findings.classes
+    demo, data_name, n_images, preset = run["demo"], run["data_name"], run["n_images"], run["preset"]
+    summary, hardware, config, expected = run["summary"], run["hardware"], findings.config, findings.expected
+    history, threshold_table, chance_f1 = findings.history, findings.threshold_table, findings.chance_f1
+    factors, bands, behaviour = classes["factors"], classes["bands"], classes["behaviour"]
     gain = threshold_table.loc["final", "held-out gain"]
     gain_se = threshold_table.loc["final", "held-out gain (se)"]
     rho = factors.loc["training images", "Spearman rho with F1"]
@@ -272,7 +308,7 @@ def conclusions(*, demo: bool, data_name: str, n_images: int, config: Config, pr
     lines.append(f"- **Result.** The {preset} recipe ({config.model}) trained for {summary['epochs_done']} epochs in "
                  f"{summary['time_s'] / 60:.1f} min on {hardware}, on {n_images:,} labelled images of `{data_name}`.")
     lines.append(f"- **Expected test F1: {expected['f1']:.3f}** (spread {expected['spread']:.3f}), measured as "
-                 f"{expected['protocol']}. The submitted model is `{submitted}`. A model that ignores the image scores "
+                 f"{expected['protocol']}. A model that ignores the image scores "
                  f"{chance_f1:.3f}; the same estimate at threshold 0.5 is {expected['at_half']:.3f}.")
     verdict = ("pays" if gain > 2 * gain_se else "makes no clear difference" if gain >= -2 * gain_se
                else "does not carry over")
@@ -281,10 +317,13 @@ def conclusions(*, demo: bool, data_name: str, n_images: int, config: Config, pr
                  f"{threshold_table.loc['final', 'in-sample gain']:+.3f} on the images they were fitted on)"
                  + (": fitting them on the out-of-fold probabilities of every labelled image is what the submitted "
                     "model does." if config.cross_fit_folds else "."))
-    if history["overfitting"]:
-        lines.append(f"- **Overfitting:** the validation loss is lowest at epoch {history['val_loss_min_epoch']} and "
-                     f"{history['val_loss_rise']:.0%} higher at the end, while the training F1 at 0.5 reaches "
-                     f"{history['train_f1_last']:.2f} against {history['val_f1_half_last']:.2f}. best.pt, chosen by "
+    if history["loss_rises"]:
+        verdict = ("**Calibration, not ranking:** the validation loss" if history["ranking_improves"]
+                   else "**Overfitting:** the validation loss")
+        lines.append(f"- {verdict} is lowest at epoch {history['val_loss_min_epoch']} and "
+                     f"{history['val_loss_rise']:.0%} higher at the end, while the validation mAP goes from "
+                     f"{history['map_at_loss_min']:.3f} there to {history['best_map']:.3f} (epoch "
+                     f"{history['best_map_epoch']}). best.pt, chosen by "
                      f"{_SELECTED_BY.get(config.select_metric, config.select_metric)}, is epoch "
                      f"{summary['best_epoch']}.")
     lines.append(f"- **Rare classes decide the leaderboard:** the rarest quarter of the classes carries "
@@ -294,9 +333,11 @@ def conclusions(*, demo: bool, data_name: str, n_images: int, config: Config, pr
         lines.append(f"- **Predictions are generous:** {behaviour['labels_per_image']:.1f} labels per validation "
                      f"image for {behaviour['true_per_image']:.2f} true ones (micro precision "
                      f"{behaviour['micro_precision']:.0%}), which the metric's weighting rewards (step 8).")
-    lines.append(f"- **Weakest classes:** {', '.join(weakest)}; **strongest:** {', '.join(strongest)}.")
-    lines.append(f"- **Look-alikes:** {lookalike}")
-    lines.append(f"- **Submission:** `{predictions_path}` passed the format check against the test folder.")
+    lines.append(f"- **Weakest classes:** {', '.join(classes['weakest'])}; **strongest:** "
+                 f"{', '.join(classes['strongest'])}.")
+    lines.append(f"- **Look-alikes:** {classes['lookalike']}")
+    lines.append(f"- **Submission:** `{findings.submission['path']}` passed the format check against the test "
+                 f"folder. {findings.submission['choice']}")
     steps = []
     if history["still_improving"] and not history["overfitting"]:
         steps.append("more epochs (the validation mAP was still rising)")
@@ -335,7 +376,7 @@ def mode_banner(data_root, demo: bool, requested=None) -> str:
     counts = count_images(data_root)
     if demo:
         looked = (f"`{requested}`" if requested else
-                  f"`$MSCOCO_ROOT` (unset) and `{Path('ms-coco').resolve()}`")
+                  "`$MSCOCO_ROOT` (unset) and `ms-coco/` next to the notebook")
         return (f"**DEMO MODE: course data not found at {looked} — training on synthetic shapes "
                 f"({counts['train_images']:,} training / {counts['test_images']:,} test images generated in "
                 f"`{data_root}`); scores below say nothing about COCO.** Put the course data in `ms-coco/` "
@@ -372,3 +413,112 @@ def lookalike_finding(table: pd.DataFrame, min_images: int = 10, min_alarms: int
             + (f"; {others} more class(es) show such an effect on as much evidence" if others else "")
             + ". In COCO these classes also share their scenes, so resemblance and co-occurrence both feed such "
               "errors.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the design's recipe, the runs side by side, and the sentences of the analysis
+# ----------------------------------------------------------------------------------------------------------
+def where_recipe_ran(config: Config, summary: Mapping | None, stand_in_note: str | None) -> str:
+    """Where the default recipe has run: with which backbone and on which hardware, from its run (``summary``:
+    None when it did not run in this execution)."""
+    hardware = (summary or {}).get("hardware") or {}
+    gpu = hardware.get("gpu")
+    if config.model == DEFAULT_MODEL:
+        backbone = "with ShuffleNet V2's own ImageNet weights"
+    else:
+        backbone = f"only with the stand-in backbone {config.model}, never with ShuffleNet V2's weights"
+    team = ("The study rows of section 10.1 are the team's runs of it on coco-mini, with the stand-in "
+            "EfficientNet-Lite0 on a 2-core CPU.")
+    if summary is None:
+        return (f"**Where the default recipe has run:** not in this execution. {team} It has never run with "
+                "ShuffleNet V2's own weights nor on a GPU there.")
+    place = f"on a GPU ({gpu})" if gpu else "on a CPU, never on a GPU"
+    return f"**Where the default recipe has run:** in this execution {backbone}, {place}. {team}"
+
+
+def nested_cv_check(study: pd.DataFrame | None, config: Config) -> str:
+    """The nested cross-validation's F1 of the cpu preset (study table, tables.study_summary), cited as the
+    cross-check of a cross-fitted run's expected F1; empty for other recipes or without the study."""
+    if study is None or not config.cross_fit_folds or config.model != "efficientnet_lite2":
+        return ""
+    rows = study[study.index.str.contains("cpu preset") & study.index.str.contains("cross-fit")]
+    if not len(rows):
+        return ""
+    return (f"Cross-check: the nested cross-validation of section 10.2 reran this recipe without the held-out fifth "
+            f"and scored it at F1 {rows['F1'].min():.3f}-{rows['F1'].max():.3f} (mean of 5 outer folds, "
+            f"{len(rows)} seeds or precisions), which this estimate should match within their standard errors.")
+
+
+def fit_vs_estimate(summary: Mapping) -> str:
+    """The fit's measured time against the estimate of the same phases (prediction is not part of fit)."""
+    estimated = {name: seconds for name, seconds in summary["estimate"]["seconds"].items() if name != "predict"}
+    spent = sum(summary["phases"].values())
+    measured = ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {seconds / 60:.1f}"
+                         for name, seconds in summary["phases"].items())
+    return (f"fit took {spent / 60:.1f} min ({measured} min); the estimate made before it started, for the same "
+            f"phases ({', '.join(estimated)}), was {sum(estimated.values()) / 60:.1f} min")
+
+
+def everywhere_text(weakest: pd.DataFrame) -> str | None:
+    """Why some of the weakest classes end with recall 1 at a threshold near 0 (None when none does)."""
+    everywhere = weakest[(weakest["recall"] == 1) & (weakest["threshold"] <= 0.05)]
+    if not len(everywhere):
+        return None
+    aps = ", ".join(f"{name} AP {row['ap']:.2f}" for name, row in everywhere.iterrows())
+    return (f"{len(everywhere)} of the five weakest ({aps}) have recall 1 at thresholds of "
+            f"{everywhere['threshold'].min():.2f}-{everywhere['threshold'].max():.2f}: their probabilities rank "
+            "their images only partly, and predicting them nearly everywhere (recall 1, precision = their "
+            "prevalence) scores higher in the leaderboard metric than any threshold in between, because a threshold "
+            "that misses their few sure images costs recall 0 and precision 0 at once (section 3.1).")
+
+
+def labels_per_image_text(validation: float, test: float, true: float, mock: float | None = None) -> str:
+    """The labels per image predicted on validation, on the mock test sets and on the test set, reconciled."""
+    mock_text = (f", {mock:.1f} on the mock test sets (thresholds cross-fitted on the other labelled images)"
+                 if mock is not None else "")
+    return (f"**Labels per image:** the images hold {true:.2f} true labels on average; the tuned thresholds predict "
+            f"{validation:.1f} on the validation images{mock_text} and {test:.1f} on the test images of the "
+            "submission. The three differ because their thresholds or images differ (the submitted model's "
+            "thresholds are its own; each set of images has its own class mix), and all three are far above the "
+            "true count by design: the metric's zero-true-positive rule makes predicting a poorly separated class "
+            "on most images pay (section 3.1). A submission that lists many labels per image is expected here.")
+
+
+def choice_text(table: pd.DataFrame, chosen: str) -> str:
+    """Which run writes the test JSON and why (``table``: tables.recipe_comparison, indexed by recipe)."""
+    row = table.loc[chosen]
+    if len(table) == 1:
+        return (f"The `{chosen}` run writes the test predictions: it is the only run (expected test F1 "
+                f"{row['expected test F1']:.3f}).")
+    others = table.drop(index=chosen)
+    against = "; ".join(f"`{name}` {other['expected test F1']:.3f}" for name, other in others.iterrows())
+    return (f"**The `{chosen}` run writes the test predictions**: its expected test F1, measured on images its "
+            f"thresholds were not tuned on, is the highest ({row['expected test F1']:.3f}, {row['protocol']}; "
+            f"against {against}).")
+
+
+def study_takeaways(rows: pd.DataFrame, protocol: str) -> list[str]:
+    """A few sentences on a study table (tables.study_summary): the best row, the default or preset, the spread."""
+    best = rows["F1"].idxmax()
+    lines = [f"Highest F1: {best} ({rows.loc[best, 'F1']:.3f}" +
+             (f" +- {rows.loc[best, 'F1 se']:.3f}" if pd.notna(rows.loc[best, "F1 se"]) else "") +
+             f", mAP {rows.loc[best, 'mAP']:.3f}, {rows.loc[best, 'time (min)']:.0f} min)."]
+    if protocol == "fine-tuning":
+        frozen = rows[rows.index.str.contains("frozen backbone")]
+        tuned = rows[~rows.index.str.contains("frozen backbone")]
+        if len(frozen) and len(tuned):
+            lines.append(f"Fine-tuning end to end reaches mAP {tuned['mAP'].max():.3f} against "
+                         f"{frozen['mAP'].max():.3f} for the best frozen backbone with a linear head, at "
+                         f"{tuned.loc[tuned['mAP'].idxmax(), 'time (min)'] / max(frozen.loc[frozen['mAP'].idxmax(), 'time (min)'], 1e-9):.0f} times its time.")
+        lines.append("These F1 values are in-sample (thresholds tuned on the same validation images); compare the "
+                     "recipes by mAP.")
+    else:
+        se = rows["F1 se"].median()
+        lines.append(f"The median standard error of a row is {se:.3f}: rows closer than about twice that are not "
+                     "told apart by this study.")
+        preset = rows[rows.index.str.contains("cpu preset") & rows.index.str.contains("cross-fit")]
+        if len(preset):
+            lines.append(f"The cpu preset's rows (cross-fitted) score F1 {preset['F1'].min():.3f}-"
+                         f"{preset['F1'].max():.3f} on held-out folds: the cross-check of the expected F1 of a "
+                         "cpu run (section 7.2).")
+    return lines

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from coco import course, losses, networks, transforms
-from coco.config import Config
+from coco.config import DEFAULT_MODEL, PRESETS, Config, config_from_preset
 
 
 def build_net(config: Config, num_classes: int = course.NUM_CLASSES, pretrained: bool | None = None):
@@ -114,3 +114,46 @@ def make_scheduler(optimizer, peak_lrs: Sequence[float], config: Config, steps_p
         pct_start = 0.5 / total_steps
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=list(peak_lrs), total_steps=total_steps,
                                                pct_start=pct_start)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which recipes a notebook execution runs, and with which backbone
+# ----------------------------------------------------------------------------------------------------------
+STAND_IN_MODEL = "efficientnet_lite0"  # ShuffleNet's class of mobile network; its ImageNet weights ship in a pip package
+
+
+def recipes_to_run(requested, demo: bool, cuda: bool) -> list[str]:
+    """The presets a notebook execution trains, in order (the first is the one its analysis is about).
+    ``requested``: a list of preset names, one name, or None for automatic: the demo data -> ``["demo"]``;
+    real data with a CUDA GPU -> the default recipe ``["shufflenet"]``; real data on a CPU -> ``["cpu"]``."""
+    if requested is None:
+        return ["demo"] if demo else ["shufflenet"] if cuda else ["cpu"]
+    names = [requested] if isinstance(requested, str) else list(requested)
+    unknown = [name for name in names if name not in PRESETS]
+    if not names or unknown:
+        raise ValueError(f"RECIPES={requested!r}: choose one or more of {', '.join(PRESETS)} (or None: automatic)")
+    return list(dict.fromkeys(names))
+
+
+def runnable_config(preset: str, **overrides) -> tuple[Config, str | None]:
+    """The Config of ``preset`` (with ``overrides``) that can run on this machine, and a bold note when it differs.
+
+    Where the default backbone's ImageNet weights are neither on disk nor downloadable (``networks.build_model``
+    raises :class:`networks.PretrainedWeightsUnavailable`), the backbone becomes :data:`STAND_IN_MODEL` at its own
+    input size, every other setting unchanged, and the note names it; elsewhere (a student's machine with the
+    weights) the config is the preset's and the note is None. Any other missing weights still raise."""
+    config = config_from_preset(preset, **overrides)
+    if not config.pretrained or networks.weights_on_disk(config.model):
+        return config, None
+    try:
+        networks.build_model(config.model, num_classes=course.NUM_CLASSES, pretrained=True)
+    except networks.PretrainedWeightsUnavailable:
+        if config.model != DEFAULT_MODEL:
+            raise
+        note = (f"**Stand-in backbone: {STAND_IN_MODEL} (EfficientNet-Lite0) instead of {DEFAULT_MODEL}.** "
+                f"ShuffleNet V2's ImageNet weights could not be obtained on this machine (no download), so the "
+                f"`{preset}` recipe runs with EfficientNet-Lite0, a mobile network of the same class whose ImageNet "
+                f"weights ship in a pip package, at its own input size; every other setting is the recipe's, "
+                f"unchanged. With the weights on disk or a connection, the same cells run ShuffleNet.")
+        return config.replace(model=STAND_IN_MODEL, image_size=None), note
+    return config, None

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from coco import course, fit, leaderboard, networks, recipe
-from coco.config import TUNE_MIN_POSITIVES, Config
+from coco.config import RESUME_MUTABLE, TUNE_MIN_POSITIVES, Config
 from coco.course import CLASSES
 from coco.run_dir import RunDir, list_runs
 from coco.thresholds import (
@@ -117,6 +117,26 @@ def config_table(config) -> pd.DataFrame:
         rows.append({"field": f.name, "value": value, "default": default,
                      "changed": "yes" if value != default else "", "help": f.metadata.get("help", "")})
     return pd.DataFrame(rows).set_index("field")
+
+
+def config_changes(config) -> pd.DataFrame:
+    """The Config fields this run sets differently from Config's defaults, which ARE the ``shufflenet`` recipe
+    (where and how it runs, such as data_root or progress, left out), with their help text."""
+    defaults = Config()
+    rows = [{"field": f.name, "this run": getattr(config, f.name), "default (shufflenet recipe)": getattr(defaults, f.name),
+             "meaning": f.metadata.get("help", "")}
+            for f in dataclasses.fields(Config)
+            if f.name not in RESUME_MUTABLE and getattr(config, f.name) != getattr(defaults, f.name)]
+    frame = pd.DataFrame(rows, columns=["field", "this run", "default (shufflenet recipe)", "meaning"])
+    return frame.set_index("field").astype(str)
+
+
+def param_group_table(optimizer) -> pd.DataFrame:
+    """The optimiser's parameter groups: name, peak learning rate, weight decay, tensors and parameters."""
+    rows = [{"group": group.get("name", str(index)), "lr": group["lr"], "weight decay": group["weight_decay"],
+             "tensors": len(group["params"]), "parameters": sum(p.numel() for p in group["params"])}
+            for index, group in enumerate(optimizer.param_groups)]
+    return pd.DataFrame(rows).set_index("group")
 
 
 def stage_table(model, image_size: int) -> pd.DataFrame:
@@ -260,7 +280,8 @@ def cross_fit_table(run_dir, config, test_size: int, repeats: int = 10) -> pd.Da
     probs, targets = saved["probs"], saved["targets"]
     tuning = config.tuning_options()
     result = tune_thresholds(probs, targets, **tuning)
-    in_sample = {**f1_by_rule(probs, targets, result), "mAP": leaderboard.mean_average_precision(probs, targets)}
+    in_sample = {**f1_by_rule(probs, targets, result), "mAP": leaderboard.mean_average_precision(probs, targets),
+                 "labels_per_image": float(result.apply(probs).sum(axis=1).mean())}
     held = pd.DataFrame(mock_test_scores(probs, targets, test_size, repeats=repeats, **tuning))
     n_test = min(len(probs) - 1, max(1, round(len(probs) * test_size / len(probs))))
     frame = pd.DataFrame({f"in-sample: tuned and scored on all {len(probs):,} images": pd.Series(in_sample),
@@ -491,3 +512,55 @@ def threshold_floor_row(frame: pd.DataFrame | None):
     """The study's row on a floor under the class thresholds (None without it)."""
     rows = study_rows(frame, "threshold policies")
     return None if rows is None else rows.iloc[0]
+
+
+def study_summary(rows: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A study table in four columns (F1, its standard error, mAP, time in minutes) indexed by recipe; the
+    commands, the hardware (one 2-core CPU for every row) and the notes stay in ``study/results.csv``."""
+    if rows is None:
+        return None
+    frame = pd.DataFrame({"recipe": rows["recipe"], "F1": rows["val_f1"], "F1 se": rows.get("f1_se"),
+                          "mAP": rows["val_map"], "time (min)": rows["wall_time_s"] / 60})
+    return frame.set_index("recipe")
+
+
+def run_evidence(run_dir, data_root, test_size: int, repeats: int = 10) -> dict:
+    """What one finished run offers to choose a submission by: its validation outputs, the threshold table (held-out
+    halves of the validation split), the cross-fit table (mock test sets; None when not cross-fitted) and the
+    expected test F1 of :func:`narrative.expected_score`."""
+    from coco import narrative
+
+    run_dir = RunDir(run_dir)
+    config, summary = run_dir.config(), run_dir.summary()
+    val = validation_outputs(run_dir, data_root=data_root)
+    steps = threshold_table(val["probs"], val["targets"], val["thresholds"], config, repeats=repeats)
+    crossed = cross_fit_table(run_dir, config, test_size=test_size, repeats=repeats)
+    return {"run_dir": run_dir, "config": config, "summary": summary, "val": val, "threshold_table": steps,
+            "cross_fit": crossed, "expected": narrative.expected_score(steps, crossed, test_size)}
+
+
+def recipe_comparison(evidence: Mapping[str, Mapping]) -> tuple[pd.DataFrame, str]:
+    """The runs side by side (recipe, backbone, validation mAP of best.pt, expected test F1 and its protocol, time)
+    and the recipe whose expected test F1 is highest: the one that writes the test predictions."""
+    rows = []
+    for name, item in evidence.items():
+        summary, expected = item["summary"], item["expected"]
+        rows.append({"recipe": name, "backbone": item["config"].model,
+                     "validation mAP": summary["best"]["val/map"], "expected test F1": expected["f1"],
+                     "spread": expected["spread"],
+                     "protocol": "mock test sets (cross-fitted)" if item["cross_fit"] is not None
+                     else "F1 at 0.5 + held-out tuning gain",
+                     "time (min)": summary["time_s"] / 60})
+    table = pd.DataFrame(rows).set_index("recipe")
+    return table, str(table["expected test F1"].idxmax())
+
+
+def predicted_labels(evidence: Mapping) -> dict:
+    """Labels per image that a run's tuned thresholds predict on its validation images and, when it was
+    cross-fitted, on the mock test sets (``run_evidence``); keyword arguments of narrative.labels_per_image_text."""
+    val = evidence["val"]
+    crossed = evidence["cross_fit"]
+    mock = None
+    if crossed is not None and "labels_per_image" in crossed.columns:
+        mock = float(crossed["labels_per_image"].iloc[1])
+    return {"validation": float(val["thresholds"].apply(val["probs"]).sum(axis=1).mean()), "mock": mock}

@@ -15,14 +15,14 @@ import numpy as np
 import papermill
 import pytest
 
-from coco import course, data, leaderboard, narrative, submission, tables, thresholds
+from coco import course, data, leaderboard, narrative, notebook_check, submission, tables, thresholds
 from coco.run_dir import list_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "challenge.ipynb"
-PARAMETERS = {"DATA_ROOT", "PRESET", "OVERRIDES", "RUNS_DIR", "PREDICTIONS_PATH", "DEMO_DIR", "DEMO_TRAIN_IMAGES",
+PARAMETERS = {"DATA_ROOT", "RECIPES", "OVERRIDES", "RUNS_DIR", "PREDICTIONS_PATH", "DEMO_DIR", "DEMO_TRAIN_IMAGES",
               "DEMO_TEST_IMAGES", "FIGURES_DIR", "PROGRESS"}
-FIGURES = ("03_class_frequency", "03_training_images", "03_labels_per_image", "03_split", "04_augmentation", "05_loss",
+FIGURES = ("03_class_frequency", "03_training_images", "03_labels_per_image", "03_split", "04_augmentation", "05_loss", "05_lr_schedule",
            "06_training", "07_threshold_sweep", "07_class_thresholds", "08_per_class", "08_precision_recall",
            "08_f1_vs_frequency", "08_examples_best", "08_examples_worst", "09_test_predictions", "10_finetuning",
            "10_recipes")
@@ -70,9 +70,17 @@ def test_committed_notebook_is_parameterised_for_papermill():
     assigned = {target.id for node in ast.parse(tagged[0].source).body if isinstance(node, ast.Assign)
                 for target in node.targets}
     assert assigned == PARAMETERS
-    # A cell papermill injects when run with -p/-y would pin that run's values (e.g. a DATA_ROOT that only exists on
-    # the machine of the committed run) for everyone who opens the notebook.
-    assert not [cell for cell in notebook.cells if "injected-parameters" in cell.metadata.get("tags", [])]
+    # The committed copy keeps the cell papermill injected for its execution (what the saved outputs ran with),
+    # right after the parameters cell; it may set only the parameters, and no machine's path.
+    injected = [index for index, cell in enumerate(notebook.cells)
+                if "injected-parameters" in cell.metadata.get("tags", [])]
+    assert len(injected) <= 1
+    for index in injected:
+        assert "parameters" in notebook.cells[index - 1].metadata.get("tags", [])
+        source = notebook.cells[index].source
+        assert {target.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                for target in node.targets} <= PARAMETERS
+        assert "/home/" not in source and "/work/" not in source and "/tmp/" not in source
 
 
 def test_demo_execution_leaves_committed_files_untouched(demo_run):
@@ -164,11 +172,11 @@ def test_sentences_about_the_run_are_true_of_the_run(demo_run):
     summary = run_dir.summary()
     n_stages = 5  # EfficientNet-Lite0, the demo preset's model
     assert config.model == "efficientnet_lite0" and f"{config.model} with" in shown
-    assert f"at {config.image_size} px" in shown and "**This execution runs the `demo` recipe**" in shown
+    assert f"at {config.image_size} px" in shown and "**This execution trains the `demo` recipe**" in shown
     assert narrative.recipe_summary(config, n_stages, "demo") in shown
     # the augmentation claimed is the one the run used: cached views, with random crops only if it cached some
     claim = narrative.augmentation_text(config)
-    assert f"**This run:** {claim}." in shown and ("random crop" in claim) == (config.cache_views > 2)
+    assert f"**The `demo` run:** {claim}." in shown and ("random crop" in claim) == (config.cache_views > 2)
     assert narrative.trains_text(config, n_stages) in shown and "the last 2 stages and the head train" in shown
     # the curves: lowest validation loss, the selected epoch, the expected score's protocol
     history = tables.history_frame(run_dir)
@@ -178,7 +186,16 @@ def test_sentences_about_the_run_are_true_of_the_run(demo_run):
     assert f"best.pt (epoch {summary['best_epoch']})" in shown
     assert "**Expected F1 on the test set:" in shown and "held-out halves of the validation split" in shown
     assert "mock test sets" not in shown.split("**Expected F1 on the test set:")[1].split("\n")[0]  # not cross-fitted
-    assert "valid: 100 test images from best.pt" in shown
+    assert "valid: 100 test images from the demo run's best.pt" in shown
+    assert "The `demo` run writes the test predictions: it is the only run" in shown
+    assert "AdamW" in shown and "OneCycleLR" in shown  # where the default recipe's optimiser and schedule are built
     conclusions = [text for text in _outputs(notebook) if "**Result.**" in text][0]
     assert f"The demo recipe ({config.model}) trained for {summary['epochs_done']} epochs" in conclusions
     assert "more epochs (the validation mAP was still rising)" not in conclusions or facts["still_improving"]
+
+
+def test_demo_execution_keeps_the_notebook_limits(demo_run):
+    """No error, AdamW and OneCycleLR named, the schedule figure saved, prose, HTML and size within bounds, no raw
+    NaN/True/False in the generated sentences (coco/notebook_check.py; run it on the committed copy too)."""
+    measured = notebook_check.measure(demo_run["output"], demo_run["work"] / "figures")
+    assert notebook_check.problems(measured) == [], measured
