@@ -239,8 +239,8 @@ def threshold_behaviour_text(facts: Mapping, floor_row: Mapping | None = None) -
              "until it is predicted nearly everywhere. The more images a class has, the higher that precision, "
              "so these are common classes, not rare ones.")
     if floor_row is not None:
-        text += (" The team's study (`study/results.csv`, protocol `threshold policies`) measured whether a floor "
-                 f"under the class thresholds pays on images they were not tuned on; it does not: {floor_row['notes']}")
+        text += (" The team's study (`study/results.csv`, protocol `threshold policies`) found that a floor under the "
+                 "class thresholds does not pay on images they were not tuned on.")
     return text
 
 
@@ -335,7 +335,6 @@ def conclusions(findings: Findings) -> str:
                      f"{behaviour['micro_precision']:.0%}), which the metric's weighting rewards (step 8).")
     lines.append(f"- **Weakest classes:** {', '.join(classes['weakest'])}; **strongest:** "
                  f"{', '.join(classes['strongest'])}.")
-    lines.append(f"- **Look-alikes:** {classes['lookalike']}")
     lines.append(f"- **Submission:** `{findings.submission['path']}` passed the format check against the test "
                  f"folder. {findings.submission['choice']}")
     steps = []

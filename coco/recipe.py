@@ -151,9 +151,8 @@ def runnable_config(preset: str, **overrides) -> tuple[Config, str | None]:
         if config.model != DEFAULT_MODEL:
             raise
         note = (f"**Stand-in backbone: {STAND_IN_MODEL} (EfficientNet-Lite0) instead of {DEFAULT_MODEL}.** "
-                f"ShuffleNet V2's ImageNet weights could not be obtained on this machine (no download), so the "
-                f"`{preset}` recipe runs with EfficientNet-Lite0, a mobile network of the same class whose ImageNet "
-                f"weights ship in a pip package, at its own input size; every other setting is the recipe's, "
-                f"unchanged. With the weights on disk or a connection, the same cells run ShuffleNet.")
+                f"ShuffleNet V2's ImageNet weights cannot be obtained here, so the `{preset}` recipe runs with "
+                f"EfficientNet-Lite0 (a mobile network of the same class, weights in a pip package) at its own input "
+                f"size, every other setting unchanged. Where the weights can be had, the same cells run ShuffleNet.")
         return config.replace(model=STAND_IN_MODEL, image_size=None), note
     return config, None
