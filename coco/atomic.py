@@ -3,7 +3,9 @@
 Every file the project writes that something later reads back (checkpoints, run records, splits, image
 caches, predictions) goes through :func:`write_atomic`: the content goes to a temporary file in the target's
 folder, is flushed to the disk, and only then renamed over the target (``os.replace`` is atomic within one
-file system). Ctrl-C, a crash or a full disk leave the previous version intact; the temporary file is removed
+file system). A new file gets the mode the umask gives (``mkstemp``'s private 0600 is not kept: a teammate or a
+grader reads ``predictions.json``); a replaced file keeps its mode; a read-only file (no write permission) is
+not replaced. Ctrl-C, a crash or a full disk leave the previous version intact; the temporary file is removed
 when Python can still run (an exception, Ctrl-C, SIGTERM), and :func:`remove_stale_temps` clears what a
 SIGKILL or a power cut left behind.
 
@@ -12,9 +14,11 @@ Only the standard library is imported, so ``python -m metrics`` stays fast.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -36,6 +40,7 @@ def write_atomic(path, write: Callable) -> Path:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temp_name, _mode_for(path))
         os.replace(temp_name, path)
     except BaseException as err:
         if os.path.exists(temp_name):
@@ -51,10 +56,39 @@ def write_atomic(path, write: Callable) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it: done once, then restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits ``path`` gets: an existing file's own, else those a plain ``open`` would give."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _read_only(path: Path) -> bool:
+    """Whether ``path`` is an existing file that may not be written (no write bit at all: even for root, whom
+    ``os.access`` lets write anything, such a file was protected on purpose)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) and (not mode & 0o222 or not os.access(path, os.W_OK))
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
     """A new temporary file in ``path``'s folder (created if needed); OSError naming ``path`` if impossible."""
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"{path} is a folder: give a file name")
+    if _read_only(path):
+        raise PermissionError(errno.EACCES, f"{path} is read-only: not replaced; make it writable (chmod u+w) or "
+                                            "choose another file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
@@ -65,7 +99,11 @@ def _temp_beside(path: Path) -> tuple[int, str]:
 
 def check_writable(path) -> Path:
     """Make sure ``path`` can be written before long work that ends by writing it; OSError naming the path and
-    the reason otherwise (a folder in its place, a read-only or missing parent)."""
+    the reason otherwise (a name ending in a slash, a folder in its place, a read-only file or parent)."""
+    name = os.fspath(path)
+    if name.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise IsADirectoryError(errno.EISDIR, f"{name} ends with a slash, so it names a folder: give a file name "
+                                              f"(e.g. {name}predictions.json)")
     path = Path(path)
     handle, probe = _temp_beside(path)
     os.close(handle)
