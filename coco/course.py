@@ -12,6 +12,7 @@ classes reach every side. No torch, so that ``python -m metrics`` starts in a fr
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -51,17 +52,39 @@ def _first_names(names: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
+def _utf16_without_mark(raw: bytes) -> bool:
+    """ASCII text saved as UTF-16 without a byte-order mark: every other byte zero, the others not."""
+    even, odd = raw[0::2], raw[1::2]
+    return bool(raw) and len(raw) % 2 == 0 and ((all(even) and not any(odd)) or (all(odd) and not any(even)))
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """The text of a file saved as UTF-8 (a byte-order mark tolerated, as Windows editors write one).
+
+    A file saved as UTF-16 (Windows Notepad's "Unicode") or anything else that is not UTF-8 raises
+    ``ValueError`` naming the file and how to save it as UTF-8.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or _utf16_without_mark(raw):
+        raise ValueError(f"{path}: saved as UTF-16 (Windows Notepad's \"Unicode\"), not as UTF-8; open it and save "
+                         "it again as UTF-8 (Notepad: File > Save as > Encoding: UTF-8), or convert it: "
+                         f"iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}-utf8{path.suffix}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err}); save it as UTF-8 text") from None
+
+
 def read_label_file(path: str | os.PathLike) -> list[int]:
     """Return the sorted, de-duplicated class indices listed in a ``.cls`` file.
 
     Blank lines, surrounding spaces, a UTF-8 byte-order mark and Windows line ends are
-    tolerated.  Anything else raises ``ValueError("<file>:<line>: ...")`` naming the bad text.
+    tolerated.  Anything else raises ``ValueError("<file>:<line>: ...")`` naming the bad text (a file saved
+    as UTF-16: ``read_text_file``'s message).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a text file ({err})") from None
+    text = read_text_file(path)
     classes: set[int] = set()
     for line_no, line in enumerate(text.splitlines(), start=1):
         value = line.strip()
@@ -76,18 +99,39 @@ def read_label_file(path: str | os.PathLike) -> list[int]:
     return sorted(classes)
 
 
+def _visible(entry: Path) -> bool:
+    """Not a hidden file: macOS's ``._<name>`` AppleDouble metadata, ``.DS_Store`` and the like are no data."""
+    return not entry.name.startswith(".")
+
+
+def is_image_file(entry: Path) -> bool:
+    """Whether ``entry`` is a course image by its name (a visible ``.jpg``, ``.jpeg`` or ``.png`` file)."""
+    return entry.suffix.lower() in IMAGE_EXTENSIONS and _visible(entry) and entry.is_file()
+
+
 def list_images(folder: Path) -> dict[str, Path]:
-    """Map stem -> image path for every image in ``folder`` (one image per stem)."""
+    """Map stem -> image path for every image in ``folder`` (one image per stem; hidden files are not images)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     found: dict[str, Path] = {}
     for entry in folder.iterdir():
-        if entry.suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
+        if is_image_file(entry):
             if entry.stem in found:
                 raise ValueError(f"{folder}: two images share the stem {entry.stem!r}: "
                                  f"{found[entry.stem].name} and {entry.name}")
             found[entry.stem] = entry
     return found
+
+
+def count_images(folder) -> int:
+    """How many images :func:`list_images` would find in ``folder`` (0 where there is no such folder)."""
+    folder = Path(folder)
+    return sum(1 for entry in folder.iterdir() if is_image_file(entry)) if folder.is_dir() else 0
+
+
+def list_label_files(folder: Path) -> dict[str, Path]:
+    """Map stem -> ``.cls`` file for every label file in ``folder`` (hidden files are not label files)."""
+    return {path.stem: path for path in Path(folder).glob("*.cls") if _visible(path)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +147,7 @@ def course_dirs(root) -> dict[str, Path]:
 
     def unnest(folder: Path) -> Path:
         inner = folder / folder.name
-        if inner.is_dir() and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir()):
+        if inner.is_dir() and not any(is_image_file(p) for p in folder.iterdir()):
             return inner
         return folder
 
@@ -115,28 +159,32 @@ def course_dirs(root) -> dict[str, Path]:
     return {key: unnest(path) if path.is_dir() else path for key, path in dirs.items()}
 
 
-def _missing_parts(root: Path) -> list[str]:
-    return [str(path) for path in course_dirs(root).values() if not path.is_dir()]
+COURSE_PARTS = ("train_images", "train_labels", "test_images")  # the keys of course_dirs
 
 
-def find_data_root(explicit=None) -> Path | None:
+def _missing_parts(root: Path, parts: Sequence[str]) -> list[str]:
+    return [str(path) for key, path in course_dirs(root).items() if key in parts and not path.is_dir()]
+
+
+def find_data_root(explicit=None, parts: Sequence[str] = COURSE_PARTS) -> Path | None:
     """Where the course data is: ``explicit``, else ``$MSCOCO_ROOT``, else ``./ms-coco``.
 
     A path that was asked for (argument or environment variable) but is not a course folder
     raises ``FileNotFoundError`` listing what is missing: a typo must never pass for "no data".
-    Returns ``None`` only when nothing was asked for and ``./ms-coco`` does not exist.
+    Returns ``None`` only when nothing was asked for and ``./ms-coco`` does not exist. ``parts``: the folders
+    (keys of :func:`course_dirs`) the caller needs; predicting needs only ``("test_images",)``.
     """
     for source, value in (("argument", explicit), ("MSCOCO_ROOT", os.environ.get("MSCOCO_ROOT"))):
         if value:
             root = Path(value).expanduser()
-            missing = _missing_parts(root)
+            missing = _missing_parts(root, parts)
             if missing:
                 raise FileNotFoundError(f"data root {root} (from {source}) is not in the course layout; "
                                         f"missing: {', '.join(missing)}")
             return root.resolve()
     default = Path("ms-coco")
     if default.exists():
-        missing = _missing_parts(default)
+        missing = _missing_parts(default, parts)
         if missing:
             raise FileNotFoundError(f"./ms-coco exists but is not in the course layout; missing: {', '.join(missing)}")
         return default.resolve()

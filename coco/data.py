@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from coco.course import _MAX_LISTED, NUM_CLASSES, _first_names, list_images, read_label_file
+from coco.course import _MAX_LISTED, NUM_CLASSES, _first_names, list_images, list_label_files, read_label_file
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -129,7 +129,7 @@ class COCOTrainImageDataset(_ImageListDataset):
         if not self.annotations_dir.is_dir():
             raise FileNotFoundError(f"label folder not found: {self.annotations_dir}")
         images = list_images(self.img_dir)
-        label_files = {p.stem: p for p in self.annotations_dir.glob("*.cls")}
+        label_files = list_label_files(self.annotations_dir)
         if not label_files:
             raise FileNotFoundError(f"no .cls label files in {self.annotations_dir}")
 
@@ -188,21 +188,35 @@ class COCOTestImageDataset(_ImageListDataset):
     """Unlabelled test images: ``dataset[i] -> (image, stem)``, stems sorted like the course.
 
     ``check_images``: decode every image now; an unreadable one is an error naming it (every test image needs a
-    prediction, so none can be left out)."""
+    prediction). ``skip_unreadable`` (implies the check) leaves them out instead, printing how many; their stems
+    are in ``skipped`` (``predict_run`` gives them an empty label list, so the predictions file still holds every
+    test image)."""
 
-    def __init__(self, img_dir, transform=None, *, check_images: bool = False, progress: bool = False):
+    def __init__(self, img_dir, transform=None, *, check_images: bool = False, skip_unreadable: bool = False,
+                 progress: bool = False):
         self.img_dir = Path(img_dir)
         self.transform = transform
         images = list_images(self.img_dir)
         if not images:
             raise FileNotFoundError(f"no images in {self.img_dir}")
         self.stems: list[str] = sorted(images)
-        self.image_paths: list[Path] = [images[s] for s in self.stems]
-        if check_images:
-            bad = unreadable_images(self.image_paths, progress=progress, desc="checking test images")
-            if bad:
+        self.skipped: list[str] = []
+        if check_images or skip_unreadable:
+            bad = unreadable_images([images[s] for s in self.stems], progress=progress, desc="checking test images")
+            if bad and not skip_unreadable:
                 raise OSError(_bad_images_message(bad, self.img_dir, "every test image needs a prediction: "
-                                                                     "replace them with readable copies"))
+                                                                     "replace them with readable copies, or pass "
+                                                                     "skip_unreadable=True, on the command line "
+                                                                     "--skip-bad-files, to predict no label for them"))
+            if bad:
+                self.skipped = sorted(path.stem for path, _ in bad)
+                print(f"COCOTestImageDataset: skipped {len(bad)} unreadable test image(s), predicted with no label, "
+                      f"e.g. {bad[0][1]}")
+                unreadable = set(self.skipped)
+                self.stems = [stem for stem in self.stems if stem not in unreadable]
+                if not self.stems:
+                    raise OSError(_bad_images_message(bad, self.img_dir, "none of the test images can be read"))
+        self.image_paths: list[Path] = [images[s] for s in self.stems]
 
     def __getitem__(self, idx):
         return self.transformed_image(idx), self.stems[idx]

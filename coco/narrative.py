@@ -360,11 +360,9 @@ COURSE_TRAIN_IMAGES = 65_000  # the course zip's labelled training set (images/t
 def count_images(data_root) -> dict:
     """Numbers of training images, label files and test images in a course folder (files on disk)."""
     dirs = course.course_dirs(data_root)
-    def images(folder):
-        return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in course.IMAGE_EXTENSIONS)
-    return {"train_images": images(dirs["train_images"]),
-            "label_files": sum(1 for _ in Path(dirs["train_labels"]).glob("*.cls")),
-            "test_images": images(dirs["test_images"])}
+    return {"train_images": course.count_images(dirs["train_images"]),
+            "label_files": len(course.list_label_files(dirs["train_labels"])),
+            "test_images": course.count_images(dirs["test_images"])}
 
 
 def mode_banner(data_root, demo: bool, requested=None) -> str:

@@ -44,26 +44,31 @@ def load_run(run_dir, which: str = "best"):
 # Predictions for the test images
 # ----------------------------------------------------------------------------------------------------------
 def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", device: str | None = None,
-                batch_size: int | None = None, num_workers: int | None = None, progress: bool = True) -> dict:
-    """Predict the test images of ``data_root`` (default: the run's) with a run's checkpoint and its tuned
-    thresholds; write the JSON (validated against the test folder's stems) atomically to ``out_path``.
+                batch_size: int | None = None, num_workers: int | None = None, progress: bool = True,
+                skip_bad_files: bool = False) -> dict:
+    """Predict the test images of ``data_root`` (default: the run's; only its ``images/test-resized`` is needed)
+    with a run's checkpoint and its tuned thresholds; write the JSON (validated against the test folder's stems)
+    atomically to ``out_path`` (a file name: a name ending in a slash, a folder or a read-only file is refused
+    before any inference).
 
     A run trained on a feature cache predicts through the same extraction (``features.predict_cached``), so its
-    thresholds fit the probabilities. Returns a summary dict: ``path``, ``images``, ``mean_labels``, ``empty``
-    (images with no label), ``global_threshold``, ``at_least_one``, ``checkpoint``.
+    thresholds fit the probabilities. ``skip_bad_files``: unreadable test images get no label instead of stopping
+    the prediction. Returns a summary dict: ``path``, ``images``, ``mean_labels``, ``empty`` (images with no
+    label), ``global_threshold``, ``at_least_one``, ``checkpoint``, ``skipped`` (unreadable test images, given
+    no label).
     """
     started = time.perf_counter()
+    atomic.check_writable(out_path)  # before the inference, not after it
     out_path = Path(out_path)
     atomic.remove_stale_temps(out_path.parent, out_path.name)
-    atomic.check_writable(out_path)  # before the inference, not after it
     which = RunDir(run_dir).resolve_checkpoint(which)
     model, config, thresholds = load_run(run_dir, which)
     device = resolve_device(device or config.device)
-    root = course.find_data_root(data_root or config.data_root)
+    root = course.find_data_root(data_root or config.data_root, parts=("test_images",))
     if root is None:
         raise FileNotFoundError("no course data: pass --data-root, or set $MSCOCO_ROOT")
     test_set = data.COCOTestImageDataset(course.course_dirs(root)["test_images"], check_images=config.check_images,
-                                            progress=progress)
+                                         skip_unreadable=skip_bad_files, progress=progress)
     _, eval_tf = recipe.presets_for(config)
     batch_size = batch_size or inference_batch_size(device, eval_tf.image_size, config.batch_size)
     if config.cache_stages > 0:
@@ -82,9 +87,10 @@ def predict_run(run_dir, out_path, *, data_root=None, which: str = "auto", devic
                       channels_last=channels_last, tta_hflip=config.tta_hflip, progress=progress)
         probs, stems = out["probs"], out["stems"]
     preds = thresholds.apply(probs)
-    path = submission.write_predictions(out_path, submission.predictions_to_dict(stems, preds),
-                                     expected_stems=test_set.stems)
-    return {"path": str(path), "images": len(stems), "mean_labels": float(preds.sum(axis=1).mean()),
-            "empty": int((preds.sum(axis=1) == 0).sum()), "global_threshold": thresholds.global_threshold,
-            "at_least_one": thresholds.at_least_one, "checkpoint": RunDir(run_dir).checkpoint_path(which).name,
+    predictions = {**submission.predictions_to_dict(stems, preds), **{stem: [] for stem in test_set.skipped}}
+    path = submission.write_predictions(out_path, predictions, expected_stems=[*test_set.stems, *test_set.skipped])
+    return {"path": str(path), "images": len(predictions), "mean_labels": float(preds.sum()) / len(predictions),
+            "empty": int((preds.sum(axis=1) == 0).sum()) + len(test_set.skipped),
+            "global_threshold": thresholds.global_threshold, "at_least_one": thresholds.at_least_one,
+            "checkpoint": RunDir(run_dir).checkpoint_path(which).name, "skipped": len(test_set.skipped),
             "time_s": time.perf_counter() - started}

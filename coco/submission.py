@@ -143,9 +143,13 @@ def write_predictions(path, predictions: Mapping, expected_stems: Iterable[str] 
 def load_predictions(path):
     """Parse a predictions file; :class:`PredictionsError` if it is unreadable or not JSON."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: predictions file not found" + (" (a folder)" if path.is_dir() else ""))
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        text = course.read_text_file(path)  # a UTF-8 byte-order mark is fine; UTF-16 is named
+    except ValueError as error:
+        raise PredictionsError([str(error).removeprefix(f"{path}: ")], str(path)) from error
+    except OSError as error:
         raise PredictionsError([f"cannot read the file: {error}"], str(path)) from error
     repeated = []
 
@@ -200,11 +204,10 @@ def read_labels(path_or_dir, num_classes: int | None = None) -> dict[str, list[i
     ``course.read_label_file``) or from a JSON file ``{stem: [classes]}`` (checked like predictions)."""
     path = Path(path_or_dir)
     if path.is_dir():
-        files = sorted(path.glob("*.cls"))
+        files = course.list_label_files(path)
         if not files:
             raise FileNotFoundError(f"{path}: no .cls label files in this folder")
-        read_label_file = course.read_label_file
-        return {file.stem: read_label_file(file) for file in files}
+        return {stem: course.read_label_file(files[stem]) for stem in sorted(files)}
     if not path.is_file():
         raise FileNotFoundError(f"{path}: labels not found (give a folder of .cls files or a JSON file)")
     labels = load_predictions(path)
