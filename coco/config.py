@@ -223,34 +223,45 @@ class Config:
                 "try_at_least_one": self.try_at_least_one}
 
     def validate(self) -> "Config":
-        """Raise ValueError naming the first field with an impossible value."""
+        """Raise ValueError naming the first field with an impossible value, its command-line flag and what it
+        allows (``Config.epochs=0 (--epochs) is out of range: it must be 1 or more``)."""
         for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise ValueError(f"Config.{f.name}={value!r}: choose one of {', '.join(choices)}")
+                raise ValueError(f"Config.{f.name}={value!r} ({flag_of(f.name)}): choose one of {', '.join(choices)}")
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"Config.{f.name}={value!r}: must be a finite number")
+                raise ValueError(f"Config.{f.name}={value!r}: must be a finite number ({flag_of(f.name)})")
         checks = [
-            ("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
-            ("backbone_lr_mult", self.backbone_lr_mult >= 0), ("weight_decay", self.weight_decay >= 0),
-            ("pct_start", 0 < self.pct_start < 1), ("grad_clip", self.grad_clip >= 0),
-            ("ema_decay", 0 <= self.ema_decay < 1), ("val_fraction", 0 < self.val_fraction < 1),
-            ("freeze_epochs", self.freeze_epochs >= 0), ("cache_stages", self.cache_stages >= 0),
-            ("cache_views", self.cache_views >= 1), ("patience", self.patience >= 0),
-            ("image_size", self.image_size is None or self.image_size >= 16),
-            ("max_train_images", self.max_train_images is None or self.max_train_images >= 2),
-            ("unfreeze_stages", self.unfreeze_stages is None or self.unfreeze_stages >= 0),
-            ("bn_momentum", self.bn_momentum is None or 0 < self.bn_momentum <= 1),
-            ("num_workers", self.num_workers is None or self.num_workers >= 0),
-            ("crop_scale_min", 0 < self.crop_scale_min <= 1), ("color_jitter", 0 <= self.color_jitter < 1),
-            ("device", self.device == "auto" or self.device.split(":")[0] in ("cuda", "mps", "cpu")),
+            ("epochs", self.epochs >= 1, "1 or more"), ("batch_size", self.batch_size >= 1, "1 or more"),
+            ("lr", self.lr > 0, "a number above 0, e.g. 3e-3"),
+            ("backbone_lr_mult", self.backbone_lr_mult >= 0, "0 or more"),
+            ("weight_decay", self.weight_decay >= 0, "0 or more"),
+            ("pct_start", 0 < self.pct_start < 1, "between 0 and 1 (both excluded)"),
+            ("grad_clip", self.grad_clip >= 0, "0 (off) or more"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "at least 0 (off) and below 1, e.g. 0.999"),
+            ("val_fraction", 0 < self.val_fraction < 1, "between 0 and 1 (both excluded), e.g. 0.1"),
+            ("freeze_epochs", self.freeze_epochs >= 0, "0 or more"),
+            ("cache_stages", self.cache_stages >= 0, "0 (off) or more"),
+            ("cache_views", self.cache_views >= 1, "1 or more"), ("patience", self.patience >= 0, "0 (off) or more"),
+            ("image_size", self.image_size is None or self.image_size >= 16, "16 (pixels) or more, or none"),
+            ("max_train_images", self.max_train_images is None or self.max_train_images >= 2,
+             "2 or more (one to train on, one to validate), or none (all)"),
+            ("unfreeze_stages", self.unfreeze_stages is None or self.unfreeze_stages >= 0, "0 or more, or none"),
+            ("bn_momentum", self.bn_momentum is None or 0 < self.bn_momentum <= 1, "above 0 and at most 1, or none"),
+            ("num_workers", self.num_workers is None or self.num_workers >= 0, "0 or more, or none"),
+            ("crop_scale_min", 0 < self.crop_scale_min <= 1, "above 0 and at most 1"),
+            ("color_jitter", 0 <= self.color_jitter < 1, "at least 0 (off) and below 1"),
+            ("device", self.device == "auto" or self.device.split(":")[0] in ("cuda", "mps", "cpu"),
+             "cuda, cuda:N, mps, cpu or auto"),
         ]
-        for name, ok in checks:
+        for name, ok, allowed in checks:
             if not ok:
-                raise ValueError(f"Config.{name}={getattr(self, name)!r} is out of range")
+                raise ValueError(f"Config.{name}={getattr(self, name)!r} ({flag_of(name)}) is out of range: it must "
+                                 f"be {allowed}")
         if self.cross_fit_folds == 1 or self.cross_fit_folds < 0:
-            raise ValueError(f"Config.cross_fit_folds={self.cross_fit_folds}: use 0 (off) or K >= 2 folds")
+            raise ValueError(f"Config.cross_fit_folds={self.cross_fit_folds} ({flag_of('cross_fit_folds')}): use 0 "
+                             "(off) or K >= 2 folds")
         if self.pos_weight and self.loss != "bce":
             raise ValueError("Config.pos_weight=True needs loss='bce' (ASL balances with gamma_neg/gamma_pos/asl_clip)")
         return self
@@ -335,6 +346,11 @@ def _optional(kind: type):
 _FLAG_ALIASES = {"out_dir": ("--out",)}  # the short spelling used throughout the README
 
 
+def flag_of(name: str) -> str:
+    """The command-line flag of Config field ``name`` (``batch_size`` -> ``--batch-size``)."""
+    return "--" + name.replace("_", "-")
+
+
 def add_config_flags(parser: argparse.ArgumentParser, choices_of: Mapping[str, Sequence[str]] | None = None) -> None:
     """One flag per Config field; defaults are not set on the parser so that only explicit flags override.
 
@@ -345,7 +361,7 @@ def add_config_flags(parser: argparse.ArgumentParser, choices_of: Mapping[str, S
     group = parser.add_argument_group("configuration (Config fields; the defaults shown are Config's, i.e. the "
                                       "shufflenet preset; --preset changes them, explicit flags win)")
     for f in fields(Config):
-        flags = ["--" + f.name.replace("_", "-")] + list(_FLAG_ALIASES.get(f.name, ()))
+        flags = [flag_of(f.name)] + list(_FLAG_ALIASES.get(f.name, ()))
         kind, optional = _field_type(hints[f.name])
         default = getattr(defaults, f.name)
         help_text = f"{f.metadata['help']} (default: {'none' if default is None else default})"
