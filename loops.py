@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import sys
 
-import torch
+from coco.exits import quiet_interrupt
 
-from coco import leaderboard
-from coco.cli import main
-from coco.config import PRESET_DESCRIPTIONS, PRESETS, Config, config_from_preset
-from coco.engine import evaluate, predict, train_one_epoch, update_graphs
-from coco.fit import fit
-from coco.predict import load_run, predict_run
-from coco.recipe import build_net, build_optimizer, make_scheduler, set_trainable
+with quiet_interrupt(__name__):  # Ctrl-C while torch loads: one line, not a traceback (python -m loops)
+    import torch
+
+    from coco import leaderboard
+    from coco.cli import main
+    from coco.config import PRESET_DESCRIPTIONS, PRESETS, Config, config_from_preset
+    from coco.engine import evaluate, predict, train_one_epoch, update_graphs
+    from coco.fit import fit
+    from coco.predict import load_run, predict_run
+    from coco.recipe import build_net, build_optimizer, make_scheduler, set_trainable
 
 __all__ = [
     "train_loop", "validation_loop", "update_graphs",

@@ -19,13 +19,16 @@ its held-out checks), ``coco/submission.py`` (the predictions file), ``coco/metr
 """
 import sys
 
-from coco.leaderboard import (MissingClassWarning, apply_thresholds, average_precision, class_weights,
-                              leaderboard_scores, mean_average_precision, per_class_counts, per_class_table)
-from coco.metrics_cli import main
-from coco.submission import (PredictionsError, load_and_validate, load_predictions, predictions_to_dict, read_labels,
-                             score_predictions, test_stems, validate_predictions, write_predictions)
-from coco.thresholds import (ThresholdResult, f1_by_rule, held_out_gains, mock_test_scores, prior_f1,
-                             sweep_global_threshold, tune_class_thresholds, tune_thresholds)
+from coco.exits import quiet_interrupt
+
+with quiet_interrupt(__name__):  # Ctrl-C while numpy loads: one line, not a traceback (python -m metrics)
+    from coco.leaderboard import (MissingClassWarning, apply_thresholds, average_precision, class_weights,
+                                  leaderboard_scores, mean_average_precision, per_class_counts, per_class_table)
+    from coco.metrics_cli import main
+    from coco.submission import (PredictionsError, load_and_validate, load_predictions, predictions_to_dict,
+                                 read_labels, score_predictions, test_stems, validate_predictions, write_predictions)
+    from coco.thresholds import (ThresholdResult, f1_by_rule, held_out_gains, mock_test_scores, prior_f1,
+                                 sweep_global_threshold, tune_class_thresholds, tune_thresholds)
 
 __all__ = ["leaderboard_scores", "mean_average_precision", "average_precision", "per_class_counts",
            "class_weights", "per_class_table", "apply_thresholds", "MissingClassWarning", "tune_thresholds",

@@ -3,8 +3,9 @@
 Imports flow one way, from the ground floor up (``tests/test_architecture.py`` checks it):
 
 * ground floor, importing nothing of the package: ``config`` (the one ``Config`` and the presets), ``atomic``
-  (the one file writer), ``course`` (class names, label files, folder layout, splits; no torch), ``runtime``
-  (device, precision, seeds, loader settings, memory);
+  (the one file writer), ``exits`` (how the commands end: error lines, Ctrl-C, exit statuses), ``course`` (class
+  names, label files, folder layout, splits; no torch), ``runtime`` (device, precision, seeds, loader settings,
+  memory);
 * data: ``data`` (the datasets), ``transforms`` (the presets), ``synthetic`` (the demo data), ``image_cache``,
   ``gpu_batches`` (decode and augment on the GPU), ``loaders`` (which input path, and its loader);
 * model and metric: ``networks``, ``losses``, ``leaderboard``, ``thresholds``, ``submission``, ``metrics_cli``;

@@ -2,15 +2,15 @@
 
 A failure (missing or broken data, a bad setting, missing pretrained weights, a full or read-only disk, an invalid
 predictions file) ends in one ``error: ...`` message on stderr that names the file and says what to do, and exit
-status 2; ``--debug`` shows the traceback instead.
+status 2; ``--debug`` shows the traceback instead. Ctrl-C ends in one line (``train``: how to resume), exit status
+130 (``coco.exits``).
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
-from coco import bench, costs, fit, networks, predict, submission
+from coco import bench, costs, exits, fit, networks, predict, submission
 from coco.config import PRESET_DESCRIPTIONS, PRESETS, Config, add_config_flags, config_from_preset, overrides_from_args
 from coco.run_dir import RunDir
 
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, help="images per batch (default: twice the run's batch size)")
     pred.add_argument("--num-workers", type=int, help="DataLoader workers (default: chosen from the hardware)")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pred.add_argument("--skip-bad-files", action="store_true",
+                      help="predict no label for unreadable test images, printing how many (default: stop with an "
+                           "error naming them)")
     commands.add_parser("bench", help="input-pipeline benchmark (`python -m loops bench --help`)", add_help=False)
     for command in (train, pred):
         command.add_argument("--debug", action="store_true", help="on failure, show the Python traceback instead of "
@@ -81,10 +84,11 @@ def _train(args) -> int:
 
 def _predict(args) -> int:
     summary = predict.predict_run(args.run, args.out, data_root=args.data_root, which=args.which, device=args.device,
-                               batch_size=args.batch_size, num_workers=args.num_workers,
-                               progress=not args.no_progress)
+                                  batch_size=args.batch_size, num_workers=args.num_workers,
+                                  progress=not args.no_progress, skip_bad_files=args.skip_bad_files)
+    skipped = f" ({summary['skipped']} of them unreadable)" if summary["skipped"] else ""
     print(f"{summary['images']} test images, {summary['mean_labels']:.2f} labels per image on average, "
-          f"{summary['empty']} without a label (global threshold {summary['global_threshold']:.2f}, "
+          f"{summary['empty']} without a label{skipped} (global threshold {summary['global_threshold']:.2f}, "
           f"at_least_one={summary['at_least_one']}, {summary['checkpoint']})")
     print(summary["path"])
     return 0
@@ -100,8 +104,7 @@ def describe(err: BaseException) -> str:
     """The text after ``error:`` for a failure of a command."""
     if isinstance(err, networks.PretrainedWeightsUnavailable):
         return f"{err}\n(on the command line, pretrained=False is --no-pretrained)"
-    text = str(err) if isinstance(err, _EXPECTED) else f"{type(err).__name__}: {err}"
-    return text + ("" if isinstance(err, _EXPECTED) else " (run again with --debug for the traceback)")
+    return exits.describe(err, _EXPECTED)
 
 
 def _command(argv: list[str]) -> int:
@@ -112,14 +115,4 @@ def _command(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    try:
-        return _command(argv)
-    except KeyboardInterrupt:
-        return 130  # fit printed how to resume
-    except Exception as err:  # one line for the user; the traceback with --debug
-        if debug:
-            raise
-        print(f"error: {describe(err)}", file=sys.stderr)
-        return 2
+    return exits.run(_command, argv, describe)

@@ -1,8 +1,10 @@
 """The ``metrics`` command line: ``python -m metrics validate|score|bench``.
 
 ``validate`` checks a predictions file against the test images, ``score`` scores it against labels (a folder
-of ``.cls`` files or a JSON file), ``bench`` times the metric and the tuning. Broken input ends in one
-``error:`` line. No torch.
+of ``.cls`` files or a JSON file), ``bench`` times the metric and the tuning. Exit status 0: done (a valid file);
+1: the predictions file is not a valid submission (``error: FILE: invalid predictions:`` and one line per fault);
+2: the command could not run (a missing file or folder, a broken label file, a bad argument), in one ``error:``
+line (``--debug``: the traceback); Ctrl-C: one line, 130 (``coco.exits``). No torch.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from coco import exits
 from coco.leaderboard import (
     MissingClassWarning,
     _class_names,
@@ -125,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{validate,score,bench}")
 
     validate = commands.add_parser(
-        "validate", help="check a predictions JSON against the test images (exit 0 if valid, 1 otherwise)",
+        "validate", help="check a predictions JSON against the test images (exit 0 if valid, 1 if not, 2 if the "
+                         "check cannot run)",
         description="Check that a predictions JSON is a valid submission: a JSON object with every test stem "
                     "exactly once and lists of distinct integer class indices in 0..79.")
     validate.add_argument("predictions", type=Path, help="predictions JSON file {stem: [class indices]}")
@@ -157,18 +161,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=5, help="runs per case; the best is shown (default: 5)")
     bench.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     bench.set_defaults(run=_cmd_bench)
+    for command in (validate, score, bench):
+        command.add_argument("--debug", action="store_true",
+                             help="on failure, show the Python traceback instead of one error line")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+INVALID = 1  # the predictions file is not a valid submission: the verdict of validate (and of score)
+
+
+def _command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except PredictionsError as error:
+        if args.debug:
+            raise
         print(f"error: {error.source}: invalid predictions:", file=sys.stderr)
         for message in error.errors:
             print(f"  - {message}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return INVALID
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m metrics``: see the module's docstring for the exit statuses."""
+    return exits.run(_command, argv, lambda err: exits.describe(err, (OSError, ValueError)))

@@ -508,7 +508,8 @@ def test_cli_validate_valid_and_faulty_files(challenge, capsys):
     # the valid case in-process (each subprocess pays the torch import that dataset brings)
     assert metrics_cli.main(["validate", str(root / "predictions.json"), "--test-dir", str(root / "test-resized")]) == 0
     assert "4 test stems" in capsys.readouterr().out
-    assert metrics_cli.main(["validate", str(root / "predictions.json"), "--test-dir", str(root)]) == 1  # no images
+    # no images: the check cannot run (2), unlike a file that fails it (1)
+    assert metrics_cli.main(["validate", str(root / "predictions.json"), "--test-dir", str(root)]) == 2
     assert "no images" in capsys.readouterr().err
     faulty = dict(predictions)
     del faulty["000000000004"]
@@ -548,8 +549,8 @@ def test_cli_in_process_faults(challenge, capsys):
         assert metrics_cli.main(["validate", str(root / name), "--test-dir", str(test_dir)]) == 1
         err = capsys.readouterr().err
         assert message in err and name in err, err
-    assert metrics_cli.main(["validate", str(root / "absent.json"), "--test-dir", str(test_dir)]) == 1
-    assert "cannot read" in capsys.readouterr().err
+    assert metrics_cli.main(["validate", str(root / "absent.json"), "--test-dir", str(test_dir)]) == 2
+    assert "absent.json: predictions file not found" in capsys.readouterr().err
     assert metrics_cli.main(["score", str(root / "notjson.json"), "--labels", str(root / "labels")]) == 1
     assert "not valid JSON" in capsys.readouterr().err
 
