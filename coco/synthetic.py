@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from coco import atomic
 from coco.course import NUM_CLASSES
 
 SHAPES = ("disc", "square", "triangle", "diamond", "cross", "ring", "bar", "star")
@@ -28,7 +29,8 @@ COLOURS = (  # well separated in RGB so that colour alone splits the classes int
     (20, 210, 220), (250, 135, 0), (110, 40, 150), (20, 20, 20), (255, 255, 255),
 )
 ASPECTS = ((1.0, 1.0), (1.0, 0.75), (0.75, 1.0), (1.0, 0.66))  # (width, height) over the long side
-MARKER = "SYNTHETIC.json"
+MARKER = "SYNTHETIC.json"  # written last: the folder is complete
+PARTIAL_MARKER = "SYNTHETIC.partial.json"  # written first, removed last: the generator's own unfinished folder
 
 
 def class_shape_colour(cls: int) -> tuple[str, tuple[int, int, int]]:
@@ -145,20 +147,26 @@ def make_demo_dataset(root, n_train: int = 1000, n_test: int = 250, seed: int = 
     """Write a synthetic dataset in the course layout under ``root`` and return ``root``.
 
     ``labels/test`` holds the test labels that the real challenge withholds, so that tests can
-    score predictions.  A folder already generated with the same settings is reused.
+    score predictions.  A folder already generated with the same settings is reused; a folder this function
+    left unfinished (interrupted: it holds ``SYNTHETIC.partial.json``) is generated again from the start.
     """
     root = Path(root)
     settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "long_side": long_side, "version": 1}
-    marker = root / MARKER
+    marker, partial = root / MARKER, root / PARTIAL_MARKER
     if marker.exists() and not overwrite:
         if json.loads(marker.read_text()) == settings:
             return root
         raise FileExistsError(f"{root} holds a synthetic dataset made with other settings "
                               f"({marker.read_text().strip()}); pass overwrite=True or choose another folder")
-    if root.exists() and any(root.iterdir()):
-        if not marker.exists():
-            raise FileExistsError(f"{root} exists and is not a synthetic dataset folder; refusing to write into it")
+    if partial.exists():
+        print(f"{root}: an unfinished synthetic dataset (interrupted); generating it again", flush=True)
         shutil.rmtree(root)
+    elif root.exists() and any(root.iterdir()):
+        if not marker.exists():
+            raise FileExistsError(f"{root} exists and is not a synthetic dataset folder; refusing to write into it: "
+                                  "choose another folder (or delete this one if you are sure nothing in it is needed)")
+        shutil.rmtree(root)
+    atomic.write_json(partial, settings, indent=None)  # first: what an interrupted run leaves is known
     rng = np.random.default_rng(seed)
     train_labels = sample_labels(n_train, rng)
     # the test labels only serve the demo's own scoring: with fewer than 20 images some classes stay out
@@ -167,7 +175,8 @@ def make_demo_dataset(root, n_train: int = 1000, n_test: int = 250, seed: int = 
     test_stems = [f"{i:012d}" for i in range(500_001, 500_001 + n_test)]
     _write_split(root / "images" / "train-resized", root / "labels" / "train", train_stems, train_labels, rng, long_side)
     _write_split(root / "images" / "test-resized", root / "labels" / "test", test_stems, test_labels, rng, long_side)
-    marker.write_text(json.dumps(settings))  # written last: a half-written folder has no marker
+    atomic.write_json(marker, settings, indent=None)  # last: a half-written folder has no marker
+    partial.unlink()
     return root
 
 
