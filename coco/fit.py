@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from coco import atomic, costs, course, data, features, image_cache, leaderboard, loaders, networks, recipe
+from coco import atomic, costs, course, data, exits, features, image_cache, leaderboard, loaders, networks, recipe
 from coco.config import RESUME_MUTABLE, Config
 from coco.engine import ModelEma, evaluate, train_one_epoch, update_graphs
 from coco.run_dir import CSV_COLUMNS, RunDir
@@ -58,6 +58,7 @@ class Inputs:
     description: str
     store: features.FeatureStore | None = None  # the feature cache, when stages[:cache_stages] are cached
     cache_stages: int = 0
+    input_path: loaders.InputPath = field(default_factory=lambda: loaders.InputPath("workers"))  # summary.json
 
     def eval_module(self, net: nn.Module) -> nn.Module:
         return features.Tail(net, self.cache_stages) if self.store is not None else net
@@ -93,9 +94,22 @@ class Progress:
                 "bad_epochs": self.bad_epochs, "best_thresholds": self.best_thresholds}
 
 
+def _refuse_finished(run_dir: RunDir) -> None:
+    """A run that ended (its summary says finished or early_stopped) is never trained again by resuming: that
+    would replace its best.pt, metrics and thresholds (without its last.pt, from epoch 1)."""
+    summary = run_dir.summary() or {}
+    if summary.get("status") in ("finished", "early_stopped"):
+        raise ValueError(f"{run_dir} is a finished run ({summary['status']} after {summary.get('epochs_done')} of "
+                         f"{summary.get('epochs')} epochs): --resume continues only an interrupted run, and training "
+                         f"this one again would replace its best.pt; predict with it (python -m loops predict --run "
+                         f"{run_dir} --out predictions.json), or train a new run (python -m loops train ..., e.g. "
+                         "with more --epochs)")
+
+
 def _resume(run_dir: RunDir, config: Config | None) -> tuple[dict | None, Config]:
     """(the checkpoint of the last finished epoch, or None before the first one; the config to continue with).
-    Only the settings in ``config.RESUME_MUTABLE`` may differ from the saved ones."""
+    Only the settings in ``config.RESUME_MUTABLE`` may differ from the saved ones; a finished run is refused."""
+    _refuse_finished(run_dir)
     checkpoint = run_dir.load_checkpoint("last") if run_dir.has_checkpoint("last") else None
     saved = Config.from_dict(checkpoint["config"] if checkpoint is not None else run_dir.saved_config())
     if config is None:
@@ -144,8 +158,7 @@ def _estimate(config: Config, net, full, train_idx, val_idx, device) -> costs.Es
     """Time and memory of this run on this machine, printed; a run that cannot fit stops here, before its folder
     exists (costs.ResourceError)."""
     test_dir = course.course_dirs(config.data_root)["test_images"]
-    n_test = sum(1 for p in test_dir.iterdir() if p.suffix.lower() in course.IMAGE_EXTENSIONS) \
-        if test_dir.is_dir() else 0
+    n_test = course.count_images(test_dir)
     estimate = costs.estimate(config, net, full, n_train=len(train_idx), n_val=len(val_idx), n_test=n_test,
                               device=device, out_dir=config.out_dir)
     print(f"estimate for this run on this machine ({device}, {torch.get_num_threads()} threads):\n"
@@ -207,7 +220,8 @@ def _cached_inputs(config: Config, net, full, train_idx, val_idx, run_dir: RunDi
 
 def _image_inputs(config: Config, full, train_idx, val_idx, device) -> Inputs:
     """Inputs of a run on images: the gpu path (cached JPEG bytes decoded and augmented on the device) on
-    CUDA by default, DataLoader workers elsewhere."""
+    CUDA by default, with DataLoader workers behind it should it fail (loaders.FallbackLoader); DataLoader
+    workers elsewhere."""
     gpu_path = config.loader == "gpu" or (config.loader == "auto" and device.type == "cuda")
     cache_mode = config.image_cache
     if cache_mode == "auto" or (cache_mode == "none" and gpu_path):  # the gpu path needs the images cached
@@ -230,8 +244,11 @@ def _image_inputs(config: Config, full, train_idx, val_idx, device) -> Inputs:
                                       device=device, train=False, mode=mode,
                                       num_workers=config.num_workers, channels_last=channels_last)
     description = loaders.loader_description(train_loader) if gpu_path else "DataLoader"
+    path = loaders.InputPath(mode)
+    train_loader, val_loader = (loaders.guarded(loader, path, config.num_workers)
+                                for loader in (train_loader, val_loader))
     return Inputs(train_loader, [val_loader], None, channels_last=channels_last, tta_hflip=config.tta_hflip,
-                  description=description)
+                  description=description, input_path=path)
 
 
 def _inputs(config: Config, net, full, train_idx, val_idx, run_dir: RunDir, device) -> Inputs:
@@ -417,7 +434,7 @@ def _finish(config: Config, run_dir: RunDir, device, net, inputs: Inputs, traini
                "last": history[-1] if history else None, "time_s": time.perf_counter() - started,
                "hardware": hardware_info(device), "model": config.model,
                "parameters": networks.count_parameters(net)["total"], "cross_fit": cross_fit, "phases": phases,
-               "estimate": estimate.to_dict()}
+               "estimate": estimate.to_dict(), "input_path": inputs.input_path.record()}
     run_dir.write_summary(summary)
     if status == "stopped":
         print(f"stopped after epoch {len(history)}; resume with:  python -m loops train --resume {run_dir}", flush=True)
@@ -513,8 +530,9 @@ def fit(config: Config | None = None, resume=None, *, stop_after_epochs: int | N
             phases["epochs_s"] = time.perf_counter() - phase_start
             return _finish(config, run_dir, device, net, inputs, training, progress, status, initial_state, full,
                            started, phases, estimate)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             _interrupted(run_dir, config)
+            exits.mark_reported(err)
             raise
         except Exception as err:  # the folder says it failed (the run table reads it), then the error goes on
             run_dir.write_summary({

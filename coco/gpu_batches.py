@@ -265,15 +265,19 @@ class BatchLoader:
                   for row in rows]
         return pack_images(images)
 
-    def _batches(self, epoch: int):
-        seed = derived_seed(self.seed, epoch)
-        rng = random.Random(seed)
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Positions in the dataset in the order epoch ``epoch`` serves them (without drop_last's leftovers): the
+        order of ``loaders.EpochShuffleSampler`` for training, the dataset's order otherwise."""
         n = len(self.indices)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy() if self.shuffle \
-            else np.arange(n)
-        stop = len(self) * self.batch_size if self.drop_last else n
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(self.seed, epoch))).numpy() \
+            if self.shuffle else np.arange(n)
+        return order[:len(self) * self.batch_size if self.drop_last else n]
+
+    def _batches(self, epoch: int):
+        rng = random.Random(derived_seed(self.seed, epoch))
+        order = self.epoch_order(epoch)
         train = type(self.preset) is TrainPreset
-        for start in range(0, stop, self.batch_size):
+        for start in range(0, len(order), self.batch_size):
             rows = self.indices[order[start:start + self.batch_size]]
             # drawn image by image in loading order, as TrainPreset.__call__ draws them
             params = [self.preset.sample_params(int(h), int(w), rng) for h, w in self.cache.shapes[rows]] \

@@ -3,14 +3,18 @@
 On CUDA with a cached dataset, the GPU path (``coco.gpu_batches.BatchLoader``); elsewhere a DataLoader with
 worker processes (``coco.runtime.loader_settings`` decides how many) whose batches are moved to the device by
 :class:`DeviceLoader`. :class:`EpochShuffleSampler` draws each epoch's order from (seed, epoch) alone, so a
-resumed run sees the same order as an uninterrupted one.
+resumed run sees the same order as an uninterrupted one. A run's GPU path has the workers path behind it
+(:class:`FallbackLoader`): a student's first run on a GPU is not where the GPU path gets tested.
 """
 from __future__ import annotations
+
+import sys
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from coco.config import LOADER_MODES
+from coco.data import TransformSubset
 from coco.gpu_batches import BatchLoader, gpu_path_supported
 from coco.runtime import derived_seed, loader_settings
 
@@ -116,3 +120,83 @@ def loader_description(loader) -> str:
     if isinstance(loader, BatchLoader):
         return f"gpu path (main process, {loader.cache.mode} cache, decode on {loader.device.type})"
     return f"workers path ({loader.loader.num_workers} worker(s), pin_memory={loader.loader.pin_memory})"
+
+
+# --------------------------------------------------------------------------------------------
+# The GPU path's safety net
+# --------------------------------------------------------------------------------------------
+class InputPath:
+    """The input path a run's loaders share: ``"gpu"`` or ``"workers"``, and why the GPU path was left, once it
+    failed (every :class:`FallbackLoader` of the run then reads from workers). ``record()`` goes into
+    ``summary.json``."""
+
+    def __init__(self, name: str):
+        self.name, self.failure = name, None
+
+    def fall_back(self, err: Exception) -> None:
+        self.failure = f"{type(err).__name__}: {err}".splitlines()[0]
+        print(f"warning: the gpu input path failed ({self.failure}); the run goes on with DataLoader workers "
+              "(--loader workers skips the gpu path)", file=sys.stderr, flush=True)
+
+    def record(self) -> str:
+        return self.name if self.failure is None else f"gpu, then workers after: {self.failure}"
+
+
+class FallbackLoader:
+    """A :class:`BatchLoader` with the workers path behind it: when the GPU path fails (its first batch or any
+    later one), :meth:`InputPath.fall_back` prints one line and the batches come from DataLoader workers.
+
+    The epoch in progress continues where the GPU path stopped rather than starting again: the workers serve the
+    rest of the same epoch's order (``BatchLoader.epoch_order``, the order ``EpochShuffleSampler`` draws too), so
+    no image is seen twice or skipped, and the epoch keeps its number of steps, which the one-cycle schedule was
+    built for (a restarted epoch would step it past its end). Only the augmentation draws differ from the GPU
+    path's. Later epochs read from a workers loader over the same images.
+    """
+
+    def __init__(self, primary: BatchLoader, path: InputPath, *, num_workers: int | None = None):
+        self.primary, self.path, self.num_workers = primary, path, num_workers
+        self.epoch, self._workers = 0, None
+
+    def __len__(self) -> int:
+        return len(self.primary)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.primary.set_epoch(epoch)
+
+    def _workers_loader(self, positions=None) -> DeviceLoader:
+        """The workers path over the GPU path's images (its shuffling, its drop_last), or over ``positions`` of
+        them in that order and all of them (the rest of an epoch)."""
+        primary, whole = self.primary, positions is None
+        indices = primary.indices if whole else primary.indices[positions]
+        return make_loader(TransformSubset(primary.base, indices, primary.preset), batch_size=primary.batch_size,
+                           device=primary.device, train=primary.shuffle and whole,
+                           drop_last=primary.drop_last and whole, seed=primary.seed, mode="workers",
+                           num_workers=self.num_workers, channels_last=primary.channels_last)
+
+    def __iter__(self):
+        if self.path.failure is None:
+            epoch, served = self.primary.epoch, 0
+            batches = iter(self.primary)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except Exception as err:  # anything the GPU path raises; Ctrl-C goes on
+                    self.path.fall_back(err)
+                    break
+                yield batch
+                served += 1
+            # the rest of this epoch's order, in order: whole batches, as the GPU path would have cut them
+            yield from self._workers_loader(self.primary.epoch_order(epoch)[served * self.primary.batch_size:])
+            return
+        if self._workers is None:
+            self._workers = self._workers_loader()
+        self._workers.set_epoch(self.epoch)
+        yield from self._workers
+
+
+def guarded(loader, path: InputPath, num_workers: int | None = None):
+    """``loader`` with the workers path behind it where it is the GPU path's (:class:`FallbackLoader`)."""
+    return FallbackLoader(loader, path, num_workers=num_workers) if isinstance(loader, BatchLoader) else loader

@@ -11,7 +11,8 @@ benchmark, ``--resume``) reads it through :class:`RunDir`; no other module spell
         last.pt, best.pt     checkpoints (model, optimiser, scheduler, scaler, EMA, RNG states, thresholds, ...)
         thresholds.json      the tuned thresholds of best.pt
         val_outputs.npz      validation probabilities and targets of best.pt's model (what it was tuned on)
-        summary.json         status, best epoch, timings of each phase, the estimate made before, hardware
+        summary.json         status, best epoch, timings of each phase, the estimate made before, hardware, the
+                             input path that ran (gpu, workers, or gpu then workers after a failure)
         features/            the feature cache of a run with frozen stages (coco.features.FeatureStore)
         final.pt, oof.npz, cross_fit.json     cross-fitted runs (Config.cross_fit_folds)
 """
