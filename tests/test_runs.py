@@ -160,7 +160,7 @@ def test_checkpoint_restores_model_thresholds_and_config(tiny_run, demo_root):
     run_dir = result["run_dir"]
     checkpoint = RunDir(run_dir).load_checkpoint("best")
     expected_keys = {"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "global_step", "config",
-                     "thresholds", "class_names", "metrics", "rng", "split"}
+                     "thresholds", "class_names", "metrics", "rng"}
     assert expected_keys <= set(checkpoint)
     assert checkpoint["epoch"] == result["best_epoch"]
     model, loaded_config, thresholds = predict.load_run(run_dir)
