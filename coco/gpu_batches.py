@@ -256,6 +256,12 @@ class BatchLoader:
         plain = [row for row in rows if cache.gpu_decodable[row]] if decode_jpeg is not None else []
         decoded = {}
         if plain:
+            if torch.device(device).type == "cuda":
+                # nvJPEG's hardware decoder writes its outputs before the work already queued on the stream has
+                # run, into blocks the caching allocator hands out as soon as they are freed on that stream: the
+                # previous step's targets, still read by its queued loss, came back as pixel values (255) on an
+                # H200 (tests/gpu_checks.sh). Draining the stream first costs the overlap, not correctness.
+                torch.cuda.current_stream(device).synchronize()
             try:
                 decoded = dict(zip(plain, decode_jpeg([cache.encoded(row) for row in plain], mode=ImageReadMode.RGB,
                                                       device=device)))

@@ -321,7 +321,7 @@ def test_a_failing_gpu_path_falls_back_to_workers_and_the_run_goes_on(demo_root,
 def test_the_summary_says_which_input_path_ran(demo_root, tmp_path):
     config = Config(data_root=str(demo_root), out_dir=str(tmp_path / "runs"), **{**TINY, "epochs": 1})
     assert RunDir(fit.fit(config.replace(loader="gpu"))["run_dir"]).summary()["input_path"] == "gpu"
-    assert RunDir(fit.fit(config)["run_dir"]).summary()["input_path"] == "workers"
+    assert RunDir(fit.fit(config.replace(loader="workers"))["run_dir"]).summary()["input_path"] == "workers"
 
 
 @pytest.mark.parametrize("shuffle, prefetch", [(True, 0), (False, 0), (True, 2)])  # 2: the thread CUDA uses
