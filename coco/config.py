@@ -281,26 +281,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "efficientnet_lite0", "image_size": 64, "epochs": 10, "batch_size": 32, "lr": 3e-3,
         "cache_stages": 3, "run_name": "demo",
     },
-    # Real photos on a CPU, every choice measured on coco-mini by nested cross-validation with the project's own
-    # head training and threshold tuning (study/recipe_cv.py: 5 stratified outer folds, each held out once and
-    # scored with the leaderboard metric; rows "nested CV" in study/results.csv; held-out F1 / mAP below, mean of
-    # the 5 folds). EfficientNet-Lite2 with the ImageNet weights of its pip package, frozen and run once over each
-    # image and its mirror (cache_stages=5: only the pooled features are cached, 2,560 values per view), upsampled
-    # from the photos' 224 px to 384 px, the strongest lever measured: 0.427 / 0.530 at Lite2's own 260 px, 0.456 /
-    # 0.553 at 320, 0.482 / 0.564 at 384 (Lite0 at 224: 0.410 / 0.501). An MLP head on average + max pooled features
-    # with ASL. The alternatives measured differ by less than the F1's fold-to-fold noise (standard error
-    # 0.02-0.04): BCE instead of ASL at 384 px 0.464 / 0.573; on Lite0 at 224 px linear heads 0.400-0.424 /
-    # 0.474-0.508 against the MLP's 0.410 / 0.501. The preset keeps ASL and the MLP. Cross-fitting (thresholds tuned
-    # on out-of-fold probabilities of all labelled images, final head trained on all of them) beat thresholds from
-    # the 80/20 split at every size: +0.005 to +0.018 F1, +0.013 to +0.020 mAP. Selection by mAP: on 479 validation
-    # images the tuned F1 of one epoch jumps by +-0.05 from the next while mAP moves smoothly. Cost at the course's
-    # 65,000 + 4,952 images on a 2-core CPU: 1.6 hours, peak memory 1.6 GiB (python -m loops bench --recipe cpu
-    # --images 500 2500, extrapolated; study/measurements/bench_recipe_cpu.json).
+    # Real photos on a CPU. Every choice was measured on coco-mini by nested cross-validation with the project's own
+    # head training and threshold tuning (python -m study.recipe_cv; rows "nested CV" in study/results.csv, the
+    # frontier of F1 against hours at 65,000 images in study/frontier.md). EfficientNet-Lite2, the strongest ImageNet
+    # network whose weights install offline, frozen and run once over each image and its mirror (cache_stages=5: only
+    # the pooled vectors are cached), on the 224 px photos upsampled to 384 px: upsampling was the strongest lever
+    # up to 384; 448 and 512 px raise mAP but not the F1, at up to 1.8x the extraction time. An MLP head on average +
+    # max pooled features with ASL; cross-fitting (thresholds tuned on out-of-fold probabilities of every labelled
+    # image, the final head trained on all of them) beat thresholds from an 80/20 split; averaging the fold heads
+    # raised mAP but lost F1 (the thresholds were tuned on single heads' probabilities). Selection by mAP: on a few
+    # hundred validation images the tuned F1 jumps from one epoch to the next while mAP moves smoothly. Cost at the
+    # course's 65,000 + 4,952 images: study/measurements/bench_recipe_cpu.json (README, "What a run costs").
     "cpu": {
         "model": "efficientnet_lite2", "image_size": 384, "pool": "avgmax", "epochs": 30, "batch_size": 64,
         "lr": 1e-3, "weight_decay": 1e-4, "cache_stages": 5, "cache_views": 2, "head_hidden": 1024,
         "head_dropout": 0.3, "tta_hflip": True, "val_fraction": 0.2, "select_metric": "map",
         "cross_fit_folds": 5, "run_name": "cpu",
+    },
+    # A first submission within half an hour at 65,000 images on a 2-core CPU: the cheapest recipe of the frontier
+    # (study/frontier.md) that still cross-fits its thresholds. EfficientNet-Lite0 at the photos' own 224 px, one
+    # cached view per image (the mirror view and flip TTA would double the extraction, which is most of the time),
+    # a linear head. Cost: study/measurements/bench_recipe_cpu-fast.json.
+    "cpu-fast": {
+        "model": "efficientnet_lite0", "image_size": 224, "pool": "avgmax", "epochs": 30, "batch_size": 64,
+        "lr": 1e-3, "weight_decay": 1e-4, "cache_stages": 5, "cache_views": 1, "head_hidden": 0,
+        "head_dropout": 0.2, "tta_hflip": False, "val_fraction": 0.2, "select_metric": "map",
+        "cross_fit_folds": 5, "run_name": "cpu-fast",
     },
 }
 
@@ -313,6 +319,9 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "cpu": "EfficientNet-Lite2 (ImageNet weights from its pip package) at 384 px, frozen and cached (image + "
            "mirror, pooled features), MLP head on average + max pooled features, flip TTA, thresholds cross-fitted "
            "on all labelled images (final.pt): real photos on a CPU",
+    "cpu-fast": "EfficientNet-Lite0 (ImageNet weights from its pip package) at 224 px, frozen and cached (one view, "
+                "pooled features), linear head, thresholds cross-fitted on all labelled images (final.pt): a first "
+                "submission in under half an hour on a CPU",
 }
 
 

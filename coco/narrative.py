@@ -520,3 +520,31 @@ def study_takeaways(rows: pd.DataFrame, protocol: str) -> list[str]:
                          f"{preset['F1'].max():.3f} on held-out folds: the cross-check of the expected F1 of a "
                          "cpu run (section 7.2).")
     return lines
+
+
+def frontier_text(frame: pd.DataFrame, budgets: Mapping[str, float] = None) -> str:
+    """What the frontier says: the best recipe within each preset's budget (hours at 65,000 images) and what the
+    cheapest and the most expensive points cost and score."""
+    budgets = budgets or {"cpu-fast": 0.5, "cpu": 3.0}
+    lines = []
+    for preset, hours in budgets.items():
+        within = frame[frame["hours_65k"] <= hours]
+        if within.empty:
+            lines.append(f"No measured recipe fits the `{preset}` budget of {hours:g} h.")
+            continue
+        best = within.loc[within["f1"].idxmax()]
+        chosen = frame[frame["preset"] == preset]
+        pick = f"; the `{preset}` preset is {chosen.iloc[0]['short']}" if not chosen.empty else ""
+        lines.append(f"Within {hours:g} h at 65,000 images the highest F1 is {best['short']} ({best['f1']:.3f} +- "
+                     f"{best['f1_se']:.3f}, {best['hours_65k']:.2f} h){pick}.")
+    beyond = frame[frame["hours_65k"] > max(budgets.values())]
+    if not beyond.empty:
+        top = beyond.loc[beyond["f1"].idxmax()]
+        best_within = frame.loc[frame[frame["hours_65k"] <= max(budgets.values())]["f1"].idxmax()]
+        verdict = ("more hours bought no F1 here" if top["f1"] <= best_within["f1"] else
+                   f"{top['f1'] - best_within['f1']:+.3f} F1 for {top['hours_65k'] - best_within['hours_65k']:.1f} "
+                   f"more hours")
+        lines.append(f"Beyond the budgets, {top['short']} ({top['hours_65k']:.1f} h) scores {top['f1']:.3f}: "
+                     f"{verdict}.")
+    return " ".join(lines)
+

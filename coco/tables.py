@@ -29,6 +29,7 @@ from coco.thresholds import (
 )
 
 STUDY_CSV = Path(__file__).resolve().parents[1] / "study" / "results.csv"
+FRONTIER_CSV = STUDY_CSV.with_name("frontier.csv")  # written by python -m study.frontier
 STUDY_COLUMNS = ("protocol", "recipe", "command", "hardware", "wall_time_s", "val_f1", "f1_se", "val_map", "notes")
 
 # Classes whose members look alike or share scenes; the notebook asks whether one is predicted when only a
@@ -564,3 +565,16 @@ def predicted_labels(evidence: Mapping) -> dict:
     if crossed is not None and "labels_per_image" in crossed.columns:
         mock = float(crossed["labels_per_image"].iloc[1])
     return {"validation": float(val["thresholds"].apply(val["probs"]).sum(axis=1).mean()), "mock": mock}
+
+
+def frontier_rows(path=None) -> pd.DataFrame | None:
+    """The frontier of accuracy per CPU hour (``study/frontier.csv``, written by ``python -m study.frontier``): one
+    row per measured recipe, its nested-CV F1 (mean over seeds), standard error, mAP, hours and peak memory at the
+    course's 65,000 + 4,952 images on a 2-core CPU; None where the study has not been run."""
+    path = Path(path) if path is not None else FRONTIER_CSV
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    frame["preset"] = frame["preset"].fillna("")
+    return frame.sort_values("hours_65k").reset_index(drop=True)
+

@@ -26,7 +26,11 @@ def main() -> None:
     parser.add_argument("--pool", default="avgmax", choices=("avg", "avgmax"))
     parser.add_argument("--data-root", default="../shared/coco-mini")
     parser.add_argument("--out", default="study-cache")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default: %(default)s, the per-thread speed; 0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = config_from_preset("cpu", model=args.model, image_size=args.image_size, pool=args.pool,
                                 data_root=args.data_root, progress=False)
     dirs = course.course_dirs(args.data_root)
@@ -43,7 +47,9 @@ def main() -> None:
                      num_workers=config.num_workers, amp=config.amp, seed=config.seed,
                      progress=False, desc=folder.name)
     np.save(folder / "targets.npy", source.targets)
-    print(f"{folder}: {shape} in {time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    print(f"{folder}: {shape} in {seconds:.0f} s, {shape[0] * shape[1] / seconds:.2f} view-images/s on "
+          f"{torch.get_num_threads()} torch thread(s)")
 
 
 if __name__ == "__main__":
