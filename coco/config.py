@@ -298,12 +298,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "head_dropout": 0.3, "tta_hflip": True, "val_fraction": 0.2, "select_metric": "map",
         "cross_fit_folds": 5, "run_name": "cpu",
     },
-    # A first submission within half an hour at 65,000 images on a 2-core CPU: the cheapest recipe of the frontier
-    # (study/frontier.md) that still cross-fits its thresholds. EfficientNet-Lite0 at the photos' own 224 px, one
-    # cached view per image (the mirror view and flip TTA would double the extraction, which is most of the time),
-    # a linear head. Cost: study/measurements/bench_recipe_cpu-fast.json.
+    # A first submission within half an hour at 65,000 images on a 2-core CPU: the best recipe of the frontier
+    # (study/frontier.md) within that budget, still cross-fitting its thresholds. EfficientNet-Lite0 at the photos'
+    # own 224 px, one cached view per image (the mirror view and flip TTA would double the extraction, which is most
+    # of the time), a linear head, 15 epochs (30 epochs measured no better and cost 34 min: study/results.csv,
+    # "cpu-fast candidate" rows). Cost: study/measurements/bench_recipe_cpu-fast.json.
     "cpu-fast": {
-        "model": "efficientnet_lite0", "image_size": 224, "pool": "avgmax", "epochs": 30, "batch_size": 64,
+        "model": "efficientnet_lite0", "image_size": 224, "pool": "avgmax", "epochs": 15, "batch_size": 64,
         "lr": 1e-3, "weight_decay": 1e-4, "cache_stages": 5, "cache_views": 1, "head_hidden": 0,
         "head_dropout": 0.2, "tta_hflip": False, "val_fraction": 0.2, "select_metric": "map",
         "cross_fit_folds": 5, "run_name": "cpu-fast",
