@@ -129,3 +129,25 @@ def test_generous_thresholds_are_explained_only_when_they_are_generous():
     assert "predicted on nearly every image" in narrative.threshold_behaviour_text(facts)
     exact = narrative.threshold_behaviour(targets, targets, np.full(80, 0.5), targets.sum(axis=0))
     assert not narrative.generous(exact) and "close to the true number" in narrative.threshold_behaviour_text(exact)
+
+
+def test_the_frontier_names_the_best_recipe_within_each_budget(tmp_path):
+    import pandas as pd
+
+    from coco import figures, tables
+
+    frame = pd.DataFrame({"short": ["fast", "slow", "big"], "preset": ["cpu-fast", "cpu", ""],
+                          "f1": [0.39, 0.485, 0.476], "f1_se": [0.02, 0.03, 0.03], "map": [0.46, 0.56, 0.57],
+                          "hours_65k": [0.4, 2.2, 3.1], "peak_gib": [1.4, 1.9, 2.0]})
+    text = narrative.frontier_text(frame)
+    assert "Within 0.5 h at 65,000 images the highest F1 is fast (0.390" in text
+    assert "the `cpu` preset is slow" in text
+    assert "big (3.1 h) scores 0.476: more hours bought no F1 here." in text
+    better = frame.assign(f1=[0.39, 0.485, 0.5])
+    assert "+0.015 F1 for 0.9 more hours" in narrative.frontier_text(better)
+    frame.to_csv(tmp_path / "frontier.csv", index=False)
+    read = tables.frontier_rows(tmp_path / "frontier.csv")
+    assert list(read["short"]) == ["fast", "slow", "big"] and read.loc[2, "preset"] == ""
+    assert tables.frontier_rows(tmp_path / "absent.csv") is None
+    figures.plot_frontier(read, save=tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 0
