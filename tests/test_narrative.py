@@ -132,8 +132,6 @@ def test_generous_thresholds_are_explained_only_when_they_are_generous():
 
 
 def test_the_frontier_names_the_best_recipe_within_each_budget(tmp_path):
-    import pandas as pd
-
     from coco import figures, tables
 
     frame = pd.DataFrame({"short": ["fast", "slow", "big"], "preset": ["cpu-fast", "cpu", ""],
